@@ -1,0 +1,121 @@
+"""Item-to-item co-visitation (item-CF) over users' sequences, with distance and time decay.
+
+Fit: for every pair of items within `window` positions of each other in a user's sequence, add
+weight to C[a, b] (a earlier, b later: `forward_weight`; the reverse direction: `backward_weight`),
+divided by distance**distance_power and decayed by the time gap between the two interactions.
+Columns are then divided by popularity**pop_alpha (a damping of popular targets).
+Retrieve: the last `history_len` items of a request, weighted by history_decay**age, are multiplied
+into C; seen items are excluded. One sparse matrix product per batch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from channels.topk import mask_seen, top_k
+from pipeline.artifacts import atomic_write_json, atomic_write_parquet, read_json
+from pipeline.protocols import FitData
+from pipeline.types import PAD, RequestBatch, Retrieved
+
+DAY = 86400.0
+
+
+class ItemToItemChannel:
+    def __init__(
+        self,
+        *,
+        name: str = "item2item",
+        window: int = 3,
+        forward_weight: float = 1.0,
+        backward_weight: float = 0.5,
+        distance_power: float = 1.0,
+        time_decay_days: float | None = None,
+        pop_alpha: float = 0.0,
+        history_len: int = 3,
+        history_decay: float = 0.6,
+    ) -> None:
+        self.name = name
+        self.window = window
+        self.forward_weight = forward_weight
+        self.backward_weight = backward_weight
+        self.distance_power = distance_power
+        self.time_decay_days = time_decay_days
+        self.pop_alpha = pop_alpha
+        self.history_len = history_len
+        self.history_decay = history_decay
+
+    def fit(self, data: FitData) -> "ItemToItemChannel":
+        frame = data.train
+        users = frame["user_id"].to_numpy(np.int64)
+        items = frame["item_id"].to_numpy(np.int64)
+        ts = frame["timestamp"].to_numpy(np.float64)
+        rows, cols, vals = [], [], []
+        for d in range(1, self.window + 1):
+            same = users[d:] == users[:-d]
+            a, b = items[:-d][same], items[d:][same]
+            w = np.full(a.shape[0], 1.0 / d**self.distance_power)
+            if data.has_time and self.time_decay_days:
+                gap = (ts[d:][same] - ts[:-d][same]) / DAY
+                w = w * 0.5 ** (gap / self.time_decay_days)
+            rows += [a, b]
+            cols += [b, a]
+            vals += [w * self.forward_weight, w * self.backward_weight]
+        n = data.n_items
+        if rows:
+            mat = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        else:
+            mat = sp.coo_matrix((n, n))
+        mat = mat.tocsr()
+        mat.sum_duplicates()
+        if self.pop_alpha:
+            pop = np.bincount(items, minlength=n).astype(np.float64)
+            mat = mat @ sp.diags(1.0 / np.maximum(pop, 1.0) ** self.pop_alpha)
+        mat.eliminate_zeros()
+        self.matrix_ = mat.astype(np.float32).tocsr()
+        return self
+
+    def _query_matrix(self, batch: RequestBatch) -> sp.csr_matrix:
+        hist = batch.history[:, -self.history_len :]
+        age = np.arange(hist.shape[1])[::-1]  # 0 for the most recent column
+        weights = np.broadcast_to(self.history_decay ** age, hist.shape)
+        r, c = np.nonzero(hist != PAD)
+        return sp.csr_matrix((weights[r, c], (r, hist[r, c])), shape=(len(batch), self.matrix_.shape[0]))
+
+    def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
+        if not hasattr(self, "matrix_"):
+            raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
+        scores = (self._query_matrix(batch) @ self.matrix_).toarray()
+        scores[scores <= 0] = -np.inf  # only co-visited items are candidates
+        mask_seen(scores, batch)
+        return top_k(scores, k)
+
+    def neighbours(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The k items most co-visited with `item` (for inspection and the re-ranker's reasons)."""
+        row = self.matrix_.getrow(item)
+        order = np.argsort(-row.data, kind="stable")[:k]
+        return row.indices[order].astype(np.int64), row.data[order]
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        coo = self.matrix_.tocoo()
+        frame = pd.DataFrame({"row": coo.row.astype(np.int64), "col": coo.col.astype(np.int64), "value": coo.data})
+        atomic_write_parquet(path / "matrix.parquet", frame)
+        atomic_write_json(path / "params.json", self._params() | {"n_items": self.matrix_.shape[0]})
+
+    def _params(self) -> dict:
+        keys = ("name", "window", "forward_weight", "backward_weight", "distance_power", "time_decay_days",
+                "pop_alpha", "history_len", "history_decay")
+        return {k: getattr(self, k) for k in keys}
+
+    @classmethod
+    def load(cls, path: Path) -> "ItemToItemChannel":
+        path = Path(path)
+        meta = read_json(path / "params.json")
+        n = meta.pop("n_items")
+        ch = cls(**meta)
+        f = pd.read_parquet(path / "matrix.parquet")
+        ch.matrix_ = sp.csr_matrix((f["value"].to_numpy(np.float32), (f["row"], f["col"])), shape=(n, n))
+        return ch

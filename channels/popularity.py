@@ -1,0 +1,123 @@
+"""Time-decayed popularity, point-in-time: a request at time t sees only interactions before t.
+
+Interactions are bucketed in time (bucket_days); the decayed count of every item is kept at the
+start of each bucket, so a request in bucket b is answered from the state before b starts and never
+sees an interaction from its own future. Without timestamps (has_time False) it is plain counts.
+Optionally restricted to the category named in the request context (`context['category']`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from channels.topk import mask_seen, top_k
+from pipeline.artifacts import atomic_write_json, read_json
+from pipeline.protocols import FitData
+from pipeline.types import RequestBatch, Retrieved
+
+DAY = 86400.0
+
+
+class PopularityChannel:
+    def __init__(
+        self,
+        *,
+        name: str = "popularity",
+        half_life_days: float | None = 60.0,
+        bucket_days: float = 7.0,
+        point_in_time: bool = True,
+        by_context_category: bool = True,
+    ) -> None:
+        self.name = name
+        self.half_life_days = half_life_days
+        self.bucket_days = bucket_days
+        self.point_in_time = point_in_time
+        self.by_context_category = by_context_category
+
+    def fit(self, data: FitData) -> "PopularityChannel":
+        items = data.train["item_id"].to_numpy(np.int64)
+        use_time = data.has_time and self.point_in_time
+        ts = data.train["timestamp"].to_numpy(np.float64) if data.has_time else np.zeros(len(items))
+        self.t0_ = float(ts.min()) if len(ts) else 0.0
+        width = self.bucket_days * DAY
+        n_buckets = int((ts.max() - self.t0_) // width) + 1 if (use_time and len(ts)) else 1
+        bucket = ((ts - self.t0_) // width).astype(np.int64) if use_time else np.zeros(len(items), np.int64)
+        counts = np.zeros((n_buckets, data.n_items), np.float64)
+        np.add.at(counts, (bucket, items), 1.0)
+        decay = 1.0
+        if data.has_time and self.half_life_days:
+            decay = 0.5 ** (self.bucket_days / self.half_life_days)
+        # state_[b] = decayed counts of everything strictly before bucket b; the last row is "now"
+        state = np.zeros((n_buckets + 1, data.n_items), np.float32)
+        acc = np.zeros(data.n_items, np.float64)
+        for b in range(n_buckets):
+            state[b] = acc
+            acc = acc * decay + counts[b]
+        state[n_buckets] = acc
+        self.state_ = state
+        # tiny deterministic tie-break by overall count, so cold buckets still rank sensibly
+        self.tiebreak_ = (np.bincount(items, minlength=data.n_items) * 1e-6).astype(np.float32)
+        self.categories_ = data.items["category"].astype(str).to_numpy() if "category" in data.items else None
+        self.use_time_ = use_time
+        return self
+
+    def _rows(self, batch: RequestBatch) -> np.ndarray:
+        if not self.use_time_:
+            return np.full(len(batch), self.state_.shape[0] - 1)
+        width = self.bucket_days * DAY
+        b = np.floor((batch.now.astype(np.float64) - self.t0_) / width).astype(np.int64)
+        return np.clip(b, 0, self.state_.shape[0] - 1)
+
+    def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
+        if not hasattr(self, "state_"):
+            raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
+        scores = self.state_[self._rows(batch)] + self.tiebreak_
+        mask_seen(scores, batch)
+        valid = self._category_mask(batch)
+        return top_k(scores, k, valid)
+
+    def _category_mask(self, batch: RequestBatch) -> np.ndarray | None:
+        if not self.by_context_category or self.categories_ is None or not batch.contexts:
+            return None
+        wanted = [c.get("category") if c else None for c in batch.contexts]
+        if all(w is None for w in wanted):
+            return None
+        mask = np.ones((len(batch), self.categories_.shape[0]), bool)
+        for r, w in enumerate(wanted):
+            if w is not None:
+                mask[r] = self.categories_ == str(w)
+        return mask
+
+    # persistence: JSON parameters + .npy arrays (no pickle)
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        np.save(path / "state.npy", self.state_, allow_pickle=False)
+        np.save(path / "tiebreak.npy", self.tiebreak_, allow_pickle=False)
+        if self.categories_ is not None:
+            (path / "categories.json").write_text(json.dumps(self.categories_.tolist()))
+        atomic_write_json(path / "params.json", self._params() | {"t0": self.t0_, "use_time": self.use_time_})
+
+    def _params(self) -> dict:
+        return {
+            "name": self.name,
+            "half_life_days": self.half_life_days,
+            "bucket_days": self.bucket_days,
+            "point_in_time": self.point_in_time,
+            "by_context_category": self.by_context_category,
+        }
+
+    @classmethod
+    def load(cls, path: Path) -> "PopularityChannel":
+        path = Path(path)
+        meta = read_json(path / "params.json")
+        t0, use_time = meta.pop("t0"), meta.pop("use_time")
+        ch = cls(**meta)
+        ch.t0_, ch.use_time_ = float(t0), bool(use_time)
+        ch.state_ = np.load(path / "state.npy", allow_pickle=False)
+        ch.tiebreak_ = np.load(path / "tiebreak.npy", allow_pickle=False)
+        cat = path / "categories.json"
+        ch.categories_ = np.array(json.loads(cat.read_text()), dtype=object) if cat.exists() else None
+        return ch

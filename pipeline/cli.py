@@ -1,0 +1,137 @@
+"""The `hybridrec` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from pipeline.config import ConfigError, load_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes key=value, got '{pair}'")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _config(args: argparse.Namespace):
+    return load_config(args.config, _overrides(args.set))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from pipeline.data import load_dataset, synthesize
+
+    if args.data_cmd == "synthesize":
+        ds = synthesize(n_users=args.n_users, n_items=args.n_items, seed=args.seed)
+    elif args.data_cmd == "fetch":
+        if not args.from_dir:
+            raise ConfigError("this machine has no route to the dataset hosts; pass --from DIR with a local copy")
+        ds = load_dataset(args.source, args.from_dir)
+    else:
+        from pipeline.workflow import prepare_data
+
+        ds = prepare_data(_config(args).data)
+    ds.save(Path(args.out))
+    print(f"wrote {ds.name}: {ds.n_users} users, {ds.n_items} items, {len(ds.interactions)} interactions -> {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.workflow import train
+
+    path = train(_config(args), stage=args.stage, run_dir=Path(args.out) if args.out else None)
+    print(f"run folder: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.report import evaluate_run, format_table
+    from pipeline.workflow import load_run, train
+
+    run_path = Path(args.run) if args.run else train(_config(args), stage=args.stage)
+    run = load_run(run_path)
+    out = Path(args.out) if args.out else run_path / f"eval-{run.stage}"
+    report = evaluate_run(run, max_users=args.max_users, out_dir=out, with_cascade=not args.no_cascade)
+    print(format_table(report))
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from pipeline.quickstart import quickstart
+
+    return quickstart(args.config, _overrides(args.set))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hybridrec", description="Hybrid cascade recommender")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp: argparse.ArgumentParser, required: bool = True) -> None:
+        sp.add_argument("--config", required=required, default=None if required else str(DEFAULT_CONFIG))
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+
+    d = sub.add_parser("data", help="prepare, synthesize or fetch datasets")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synthesize", help="write the seeded synthetic dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n-users", type=int, default=2000)
+    s.add_argument("--n-items", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    pr = dsub.add_parser("prepare", help="load the config's data source into canonical Parquet tables")
+    with_config(pr)
+    pr.add_argument("--out", required=True)
+    f = dsub.add_parser("fetch", help="import a public dataset from a local copy (--from)")
+    f.add_argument("source", choices=["amazon", "movielens"])
+    f.add_argument("--from", dest="from_dir")
+    f.add_argument("--out", required=True)
+    d.set_defaults(fn=cmd_data)
+
+    t = sub.add_parser("train", help="fit every stage of a config into a run folder")
+    with_config(t)
+    t.add_argument("--stage", choices=["valid", "test"], default=None, help="fit for this evaluation stage")
+    t.add_argument("--out", default=None, help="run folder (default: runs/<name>-<time>)")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate channels and the cascade (trains first with --config)")
+    g = e.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run", help="a run folder from `hybridrec train`")
+    g.add_argument("--config")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--stage", choices=["valid", "test"], default=None)
+    e.add_argument("--max-users", type=int, default=None)
+    e.add_argument("--no-cascade", action="store_true", help="channels only")
+    e.add_argument("--out", default=None, help="report folder (default: <run>/eval-<stage>)")
+    e.set_defaults(fn=cmd_evaluate)
+
+    q = sub.add_parser("quickstart", help="the main job on the synthetic default: train, compare, serve one request")
+    with_config(q, required=False)
+    q.set_defaults(fn=cmd_quickstart)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline.data import DataValidationError
+
+    try:
+        return int(args.fn(args) or 0)
+    except (ConfigError, DataValidationError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Typed configuration: YAML in configs/ loaded into pydantic models that reject unknown keys."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the offending key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(Strict):
+    n_users: int = Field(2000, ge=10)
+    n_items: int = Field(1000, ge=10)
+    n_categories: int = Field(12, ge=1)
+    n_brands: int = Field(40, ge=1)
+    mean_length: int = Field(14, ge=5)
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    source: Literal["synthetic", "amazon", "movielens", "generic"] = "synthetic"
+    path: str | None = None  # dataset folder or file; relative paths resolve from the working directory
+    synthetic: SyntheticConfig = SyntheticConfig()
+    columns: dict[str, str] | None = None  # generic logs: canonical name -> column in the file
+    items_path: str | None = None  # generic logs: optional item table
+    split: Literal["leave_one_out", "temporal"] = "leave_one_out"
+    max_history: int = Field(50, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"data.path is required for source '{self.source}'")
+        return self
+
+
+class ChannelConfig(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")
+    kind: str  # a key of pipeline.registry.CHANNEL_KINDS, or 'plugin'
+    quota: int = Field(100, ge=1, le=10000)
+    class_path: str | None = None  # 'package.module:ClassName' for kind 'plugin'
+    params: dict[str, Any] = {}
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _plugin_needs_path(self) -> "ChannelConfig":
+        if self.kind == "plugin" and not self.class_path:
+            raise ValueError(f"channel '{self.name}': kind 'plugin' needs class_path: 'package.module:ClassName'")
+        if self.kind != "plugin" and self.class_path:
+            raise ValueError(f"channel '{self.name}': class_path is only for kind 'plugin'")
+        return self
+
+
+class PoolConfig(Strict):
+    budget: int = Field(500, ge=1, le=10000)
+    exclude_seen: bool = True
+
+
+class StageConfig(Strict):
+    kind: str = "passthrough"
+    params: dict[str, Any] = {}
+
+
+class EvalConfig(Strict):
+    stage: Literal["valid", "test"] = "test"
+    ks: list[int] = [5, 10, 20]
+    channel_k: int = Field(200, ge=1)  # list length for per-channel recall@budget
+    batch_size: int = Field(1024, ge=1)
+    n_boot: int = Field(1000, ge=10)
+    max_users: int | None = None  # evaluate a seeded sample of users (None: all)
+    k_lists: int = Field(50, ge=1)  # length of the per-user top-k lists written to Parquet
+
+
+class RunConfig(Strict):
+    root: str = "runs"
+    name: str = "run"
+    seed: int = 0
+
+
+class Config(Strict):
+    data: DataConfig = DataConfig()
+    channels: list[ChannelConfig]
+    pool: PoolConfig = PoolConfig()
+    ranker: StageConfig = StageConfig()
+    rerank: StageConfig = StageConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Config":
+        names = [c.name for c in self.channels]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"channel names must be unique, repeated: {dup}")
+        if not any(c.enabled for c in self.channels):
+            raise ValueError("at least one channel must be enabled")
+        return self
+
+    def enabled_channels(self) -> list[ChannelConfig]:
+        return [c for c in self.channels if c.enabled]
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid configuration\n{_format_errors(err)}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config. `overrides` are dotted keys (e.g. {'eval.max_users': 500})."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return parse_config(raw, str(p))
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: '{part}' is not a section")
+    node[parts[-1]] = value

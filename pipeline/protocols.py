@@ -1,0 +1,70 @@
+"""The three small protocols of the cascade: a channel retrieves, a ranker scores, a re-ranker
+re-ranks. All are batch-first and work on dense integer item indices."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.types import CandidateSet, RequestBatch, Retrieved
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What a stage may learn from: only interactions before the evaluated targets.
+
+    train: canonical interactions (user_id, item_id, timestamp, seq), dense indices, sorted by
+    user then time then seq. items: the canonical item table (item_id dense index first).
+    valid / valid_history: when fitting for the test stage, the validation targets and the history
+    before them (train minus the validation rows), so a trained model can early-stop on `valid`
+    while fitting on `valid_history`; None when fitting for the validation stage itself (there the
+    validation targets are the evaluation targets and must not be seen).
+    """
+
+    train: pd.DataFrame
+    items: pd.DataFrame
+    n_users: int
+    n_items: int
+    has_time: bool = True
+    valid: pd.DataFrame | None = None
+    valid_history: pd.DataFrame | None = None
+    seed: int = 0
+    user_ids: np.ndarray | None = None  # original ids by dense index (to map user-supplied tables)
+    item_ids: np.ndarray | None = None
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """Retrieval channel: up to k candidates per request, seen items excluded, best first."""
+
+    name: str
+
+    def fit(self, data: FitData) -> "Channel": ...
+
+    def retrieve(self, batch: RequestBatch, k: int) -> Retrieved: ...
+
+
+@runtime_checkable
+class SavableChannel(Channel, Protocol):
+    def save(self, path: Path) -> None: ...
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    """Scores every candidate of each request's pool; returns one float32 array per pool."""
+
+    name: str
+
+    def score(self, batch: RequestBatch, pools: list[CandidateSet]) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class ReRanker(Protocol):
+    """Shapes each scored pool into the final list of at most k items, with reasons."""
+
+    name: str
+
+    def rerank(self, batch: RequestBatch, pools: list[CandidateSet], k: int) -> list[CandidateSet]: ...

@@ -1,0 +1,78 @@
+"""The one visible table of component kinds, and loading of user plug-ins by import path.
+
+A new built-in channel is a class with `fit`/`retrieve` (see pipeline.protocols) plus one line in
+CHANNEL_KINDS. Imports are lazy so that a process serving only classic channels never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pipeline.config import ChannelConfig, ConfigError, StageConfig
+
+CHANNEL_KINDS: dict[str, str] = {
+    "popularity": "channels.popularity:PopularityChannel",
+    "item2item": "channels.item2item:ItemToItemChannel",
+    "table": "channels.table:CandidateTableChannel",
+}
+
+RANKER_KINDS: dict[str, str] = {
+    "passthrough": "rankers.passthrough:PassThroughRanker",
+}
+
+RERANKER_KINDS: dict[str, str] = {
+    "passthrough": "rerank.passthrough:PassThroughReRanker",
+}
+
+
+def import_object(path: str) -> Any:
+    """Import 'package.module:Name' and return the named object, with a clear error."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"'{path}' is not an import path of the form 'package.module:ClassName'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"cannot import module '{module_name}' (from '{path}'): {err}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module '{module_name}' has no attribute '{attr}' (from '{path}')") from None
+
+
+def channel_class(cfg: ChannelConfig) -> type:
+    if cfg.kind == "plugin":
+        assert cfg.class_path is not None
+        return import_object(cfg.class_path)
+    if cfg.kind not in CHANNEL_KINDS:
+        raise ConfigError(
+            f"channel '{cfg.name}': unknown kind '{cfg.kind}'; known: {sorted(CHANNEL_KINDS) + ['plugin']}"
+        )
+    return import_object(CHANNEL_KINDS[cfg.kind])
+
+
+def _construct(cls: type, what: str, **kwargs: Any) -> Any:
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{what}: bad parameters for {cls.__name__}: {err}") from None
+
+
+def build_channel(cfg: ChannelConfig) -> Any:
+    """A fresh (unfitted) channel from its config: `cls(name=..., **params)`."""
+    cls = channel_class(cfg)
+    channel = _construct(cls, f"channel '{cfg.name}'", name=cfg.name, **cfg.params)
+    for method in ("fit", "retrieve"):
+        if not callable(getattr(channel, method, None)):
+            raise ConfigError(f"channel '{cfg.name}': {cls.__name__} has no {method}() method (see pipeline.protocols.Channel)")
+    return channel
+
+
+def build_stage(cfg: StageConfig, table: dict[str, str], what: str) -> Any:
+    if ":" in cfg.kind:
+        cls = import_object(cfg.kind)
+    elif cfg.kind in table:
+        cls = import_object(table[cfg.kind])
+    else:
+        raise ConfigError(f"{what}: unknown kind '{cfg.kind}'; known: {sorted(table)} or 'package.module:ClassName'")
+    return _construct(cls, what, **cfg.params)

@@ -1,0 +1,1 @@
+"""Re-rankers (SPEC section 5)."""
