@@ -25,7 +25,7 @@ class PopularityChannel:
         self,
         *,
         name: str = "popularity",
-        half_life_days: float | None = 60.0,
+        half_life_days: float | None = 7.0,
         bucket_days: float = 7.0,
         point_in_time: bool = True,
         by_context_category: bool = True,
