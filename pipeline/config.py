@@ -78,6 +78,18 @@ class EvalConfig(Strict):
     k_lists: int = Field(50, ge=1)  # length of the per-user top-k lists written to Parquet
 
 
+class ArmConfig(Strict):
+    """One pipeline variant for the offline A/B comparison: a channel set with quotas, a ranker,
+    re-rank settings. Unset fields fall back to the run's own."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_\-+.]+$")
+    channels: list[str] | None = None  # names of the run's channels (None: all enabled)
+    quotas: dict[str, int] = {}
+    budget: int | None = Field(None, ge=1)
+    ranker: StageConfig | None = None
+    rerank: StageConfig | None = None
+
+
 class RunConfig(Strict):
     root: str = "runs"
     name: str = "run"
@@ -92,6 +104,8 @@ class Config(Strict):
     rerank: StageConfig = StageConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+    arms: list[ArmConfig] = []
+    control: str | None = None  # the arm the others are compared with (default: the first arm)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":
@@ -101,6 +115,16 @@ class Config(Strict):
             raise ValueError(f"channel names must be unique, repeated: {dup}")
         if not any(c.enabled for c in self.channels):
             raise ValueError("at least one channel must be enabled")
+        enabled = {c.name for c in self.channels if c.enabled}
+        for arm in self.arms:
+            unknown = sorted(set(arm.channels or []) - enabled) + sorted(set(arm.quotas) - enabled)
+            if unknown:
+                raise ValueError(f"arm '{arm.name}' names channels that are not enabled: {unknown}")
+        arm_names = [a.name for a in self.arms]
+        if len(set(arm_names)) != len(arm_names):
+            raise ValueError(f"arm names must be unique, got {arm_names}")
+        if self.control is not None and self.control not in arm_names:
+            raise ValueError(f"control '{self.control}' is not an arm; arms: {arm_names}")
         return self
 
     def enabled_channels(self) -> list[ChannelConfig]:

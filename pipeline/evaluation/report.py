@@ -1,5 +1,9 @@
-"""Evaluate a trained run: every channel alone and the whole cascade on the same users, with
-per-channel recall at its budget, unique hits, long-tail recall and paired bootstrap intervals."""
+"""Evaluate a trained run: every channel alone and every pipeline arm on the same users.
+
+report["arms"] holds one entry per channel (the channel alone, its list cut at max(ks)) and one
+per pipeline arm; report["channels"] adds channel-only figures (recall at its budget, unique hits,
+recall by popularity bucket, recall vs k); report["bootstrap"] compares every arm with the control.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +12,7 @@ import numpy as np
 
 from pipeline.artifacts import atomic_write_json, atomic_write_parquet
 from pipeline.evaluation import metrics as M
+from pipeline.evaluation.arms import build_arms, latency_summary, request_latency_ms
 from pipeline.evaluation.bootstrap import compare_arms
 from pipeline.evaluation.harness import (
     EvalSet, build_eval_set, channel_topk_fn, per_user, run_topk, score_lists, topk_frame,
@@ -15,66 +20,120 @@ from pipeline.evaluation.harness import (
 
 CASCADE = "cascade"
 BOOT_METRICS = ("R@10", "N@10")
+RECALL_CURVE = (1, 5, 10, 20, 50, 100, 200, 500)
+N_BUCKETS = 5
 
 
-def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None, with_cascade: bool = True) -> dict:
-    cfg = run.config
-    ev = cfg.eval
+def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None, with_cascade: bool = True,
+                 arms=None, latency_requests: int = 200) -> dict:
+    cfg, ev = run.config, run.config.eval
     ks = tuple(sorted(ev.ks))
     evalset = build_eval_set(run.split, run.stage, cfg.data.max_history, max_users or ev.max_users, cfg.run.seed)
-    hist_items = run.split.history(run.stage)["item_id"].to_numpy(np.int64)
-    popularity = M.item_popularity(hist_items, run.dataset.n_items)
-    n_items = run.dataset.n_items
-    arms, lists, budget_lists = {}, {}, {}
+    popularity = M.item_popularity(run.split.history(run.stage)["item_id"].to_numpy(np.int64), run.dataset.n_items)
+    ctx = _Context(run, evalset, ks, popularity, latency_requests)
+    results, lists, budget_lists, channel_extra = {}, {}, {}, {}
     for ccfg in cfg.enabled_channels():
-        channel = run.channels[ccfg.name]
-        k = max(ccfg.quota, max(ks))
-        topk, secs = run_topk(channel_topk_fn(channel), evalset, k, ev.batch_size, desc=f"channel {ccfg.name}")
-        res = score_lists(topk[:, : max(ks)], evalset, ks, popularity, n_items)
-        ranks = M.target_ranks(topk, evalset.targets)
-        res[f"R@budget({ccfg.quota})"] = float(M.recall_at(ranks, ccfg.quota).mean())
-        res["ms_per_user"] = 1e3 * secs / max(len(evalset), 1)
-        res["seconds"] = secs
-        arms[ccfg.name], lists[ccfg.name], budget_lists[ccfg.name] = res, topk[:, : max(ks)], topk[:, : ccfg.quota]
+        res, topk, extra = ctx.channel(ccfg.name, ccfg.quota)
+        results[ccfg.name], lists[ccfg.name], channel_extra[ccfg.name] = res, topk[:, : max(ks)], extra
+        budget_lists[ccfg.name] = topk[:, : ccfg.quota]
+    arm_names = []
     if with_cascade:
-        topk, secs = run_topk(run.cascade.topk, evalset, max(ks), ev.batch_size, desc="cascade")
-        res = score_lists(topk, evalset, ks, popularity, n_items)
-        res["ms_per_user"], res["seconds"] = 1e3 * secs / max(len(evalset), 1), secs
-        cats = _category_codes(run.dataset)
-        res["diversity@10"] = M.intra_list_diversity(topk[:, :10], categories=cats)
-        arms[CASCADE], lists[CASCADE] = res, topk
+        for arm in build_arms(run, arms):
+            results[arm.name], lists[arm.name] = ctx.arm(arm)
+            arm_names.append(arm.name)
     report = {
         "dataset": run.dataset.name, "stage": run.stage, "users": len(evalset), "ks": list(ks),
-        "arms": arms,
-        "channels": _channel_stats(budget_lists, evalset),
-        "bootstrap": _intervals(lists, evalset, arms, ev.n_boot, cfg.run.seed),
+        "arms": results, "pipeline_arms": arm_names,
+        "channels": _channel_section(budget_lists, evalset, channel_extra),
+        "overlap": _overlap(budget_lists, evalset),
+        "bootstrap": _intervals(lists, evalset, results, arm_names, cfg, ev.n_boot),
+        "latency_samples_ms": ctx.latency_samples,
     }
     if out_dir is not None:
         write_report(report, lists, evalset, run, Path(out_dir))
     return report
 
 
-def _category_codes(dataset) -> np.ndarray | None:
-    if "category" not in dataset.items:
-        return None
-    return dataset.items["category"].astype(str).astype("category").cat.codes.to_numpy(np.int64)
+class _Context:
+    """What every arm and channel is scored against: the same users, popularity and buckets."""
+
+    def __init__(self, run, evalset: EvalSet, ks, popularity, latency_requests: int) -> None:
+        self.run, self.evalset, self.ks, self.popularity = run, evalset, ks, popularity
+        self.buckets = M.popularity_buckets(popularity, N_BUCKETS)
+        self.n_items = run.dataset.n_items
+        self.latency_requests = latency_requests
+        self.latency_samples: dict[str, list[float]] = {}
+        cat = run.dataset.items["category"].astype(str) if "category" in run.dataset.items else None
+        self.categories = None if cat is None else cat.astype("category").cat.codes.to_numpy(np.int64)
+
+    def channel(self, name: str, quota: int):
+        ch, ks, ev = self.run.channels[name], self.ks, self.evalset
+        k = max(quota, max(ks))
+        topk, secs = run_topk(channel_topk_fn(ch), ev, k, self.run.config.eval.batch_size, desc=f"channel {name}")
+        res = score_lists(topk[:, : max(ks)], ev, ks, self.popularity, self.n_items)
+        ranks = M.target_ranks(topk, ev.targets)
+        res[f"R@budget({quota})"] = float(M.recall_at(ranks, quota).mean())
+        res["ms_per_user"], res["seconds"] = 1e3 * secs / max(len(ev), 1), secs
+        res["latency"] = self._latency(name, channel_topk_fn(ch), quota)
+        extra = {
+            "budget": quota,
+            "recall_vs_k": {str(c): float(M.recall_at(ranks, c).mean()) for c in RECALL_CURVE if c <= k},
+            "recall_by_bucket": _buckets(M.recall_by_bucket(ranks, ev.targets, self.buckets, quota)),
+            "coverage@budget": M.catalog_coverage(topk[:, :quota], self.n_items),
+        }
+        return res, topk, extra
+
+    def arm(self, arm):
+        ks, ev = self.ks, self.evalset
+        topk, secs = run_topk(arm.cascade.topk, ev, max(ks), self.run.config.eval.batch_size, desc=f"arm {arm.name}")
+        res = score_lists(topk, ev, ks, self.popularity, self.n_items)
+        res["ms_per_user"], res["seconds"] = 1e3 * secs / max(len(ev), 1), secs
+        if self.categories is not None:
+            res["diversity@10"] = M.intra_list_diversity(topk[:, :10], categories=self.categories)
+        res["latency"] = self._latency(arm.name, arm.cascade.topk, max(ks))
+        return res, topk
+
+    def _latency(self, name: str, fn, k: int) -> dict:
+        if self.latency_requests <= 0:
+            return {}
+        ms = request_latency_ms(fn, self.evalset.batch, self.latency_requests, k)
+        self.latency_samples[name] = [round(float(v), 4) for v in ms]
+        return latency_summary(ms)
 
 
-def _channel_stats(budget_lists: dict, evalset: EvalSet) -> dict:
-    """Hits, recall and unique hits of each channel at its own budget (its quota)."""
+def _buckets(by_bucket: dict) -> dict:
+    return {str(b): v for b, v in by_bucket.items()}
+
+
+def _channel_section(budget_lists: dict, evalset: EvalSet, extra: dict) -> dict:
     if not budget_lists:
         return {}
-    return M.channel_hits(budget_lists, evalset.targets)
+    hits = M.channel_hits(budget_lists, evalset.targets)
+    return {name: hits[name] | extra[name] for name in budget_lists}
 
 
-def _intervals(lists: dict, evalset: EvalSet, arms: dict, n_boot: int, seed: int) -> dict:
-    """Paired bootstrap of every arm against the best single channel (by R@10) as control."""
-    channels = [a for a in arms if a != CASCADE]
-    if len(lists) < 2 or not channels:
+def _overlap(budget_lists: dict, evalset: EvalSet) -> dict:
+    if not budget_lists:
         return {}
-    control = max(channels, key=lambda a: (arms[a].get("R@10", 0.0), arms[a].get("N@10", 0.0)))
+    names, matrix = M.overlap_matrix(budget_lists, evalset.targets)
+    return {"channels": list(names), "hits_both": np.asarray(matrix).tolist()}
+
+
+def _control(results: dict, arm_names: list[str], cfg) -> str:
+    if cfg.control is not None and cfg.control in results:
+        return cfg.control
+    if cfg.arms and arm_names:
+        return arm_names[0]
+    channels = [a for a in results if a not in arm_names] or list(results)
+    return max(channels, key=lambda a: (results[a].get("R@10", 0.0), results[a].get("N@10", 0.0)))
+
+
+def _intervals(lists: dict, evalset: EvalSet, results: dict, arm_names: list[str], cfg, n_boot: int) -> dict:
+    if len(lists) < 2:
+        return {}
+    control = _control(results, arm_names, cfg)
     pu = {arm: per_user(topk, evalset, BOOT_METRICS) for arm, topk in lists.items()}
-    return {"control": control, "arms": compare_arms(pu, control, BOOT_METRICS, n_boot=n_boot, seed=seed)}
+    return {"control": control, "arms": compare_arms(pu, control, BOOT_METRICS, n_boot=n_boot, seed=cfg.run.seed)}
 
 
 def write_report(report: dict, lists: dict, evalset: EvalSet, run, out_dir: Path) -> None:
@@ -83,17 +142,21 @@ def write_report(report: dict, lists: dict, evalset: EvalSet, run, out_dir: Path
         frame = topk_frame(topk[:, :k_lists], evalset, run.dataset.user_ids, run.dataset.item_ids)
         atomic_write_parquet(out_dir / f"topk_{arm}.parquet", frame)
     atomic_write_json(out_dir / "report.json", report)
+    from pipeline.evaluation.markdown import write_markdown
+
+    write_markdown(report, out_dir)
 
 
 def format_table(report: dict) -> str:
-    """The channel comparison as a fixed-width text table."""
+    """The channel and arm comparison as a fixed-width text table."""
     ks = report["ks"]
-    cols = [f"R@{k}" for k in ks] + [f"N@{k}" for k in ks] + ["MRR", f"tail_R@{max(ks)}", f"coverage@{max(ks)}", "ms/user"]
-    head = f"{'arm':<14}" + "".join(f"{c:>13}" for c in cols)
+    cols = [f"R@{k}" for k in ks] + [f"N@{k}" for k in ks] + ["MRR", f"tail_R@{max(ks)}", f"coverage@{max(ks)}"]
+    head = f"{'arm':<16}" + "".join(f"{c:>12}" for c in cols) + f"{'p50 ms':>9}"
     lines = [f"{report['dataset']} ({report['stage']}, {report['users']} users)", head, "-" * len(head)]
     for arm, res in report["arms"].items():
-        vals = [res.get(c.replace("ms/user", "ms_per_user"), float("nan")) for c in cols]
-        lines.append(f"{arm:<14}" + "".join(f"{v:>13.4f}" for v in vals))
+        vals = [res.get(c, float("nan")) for c in cols]
+        p50 = res.get("latency", {}).get("p50_ms", float("nan"))
+        lines.append(f"{arm:<16}" + "".join(f"{v:>12.4f}" for v in vals) + f"{p50:>9.2f}")
     boot = report.get("bootstrap") or {}
     for arm, by_metric in (boot.get("arms") or {}).items():
         for metric, r in by_metric.items():

@@ -1,0 +1,79 @@
+"""Arms of the offline A/B comparison: pipeline variants built from one trained run.
+
+An arm picks a subset of the run's channels, may override quotas and the pool budget, and may
+swap the ranker or the re-ranker. All arms are evaluated on the same users of the same split.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cascade import Cascade
+from pipeline.config import ArmConfig, ConfigError
+from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_stage
+from pipeline.types import RequestBatch
+
+DEFAULT_ARM = "cascade"
+
+
+@dataclass
+class Arm:
+    name: str
+    cascade: Cascade
+
+
+def _ranker(run, arm: ArmConfig):
+    if arm.ranker is None:
+        return run.cascade.ranker
+    trained = getattr(run, "rankers", None) or {}
+    if arm.ranker.kind in trained:
+        return trained[arm.ranker.kind]
+    return build_stage(arm.ranker, RANKER_KINDS, f"arm '{arm.name}' ranker")
+
+
+def build_arm(run, arm: ArmConfig) -> Arm:
+    """A Cascade for `arm` that shares the run's fitted channels (and trained rankers)."""
+    names = arm.channels if arm.channels is not None else list(run.cascade.channel_names)
+    missing = [n for n in names if n not in run.channels]
+    if missing:
+        raise ConfigError(f"arm '{arm.name}': the run has no channel(s) {missing}; it has {sorted(run.channels)}")
+    quotas = {n: run.cascade.quotas.get(n, 100) for n in names} | dict(arm.quotas)
+    base = run.cascade
+    reranker = base.reranker if arm.rerank is None else build_stage(arm.rerank, RERANKER_KINDS, f"arm '{arm.name}' rerank")
+    bind = getattr(reranker, "bind", None)
+    if arm.rerank is not None and callable(bind):
+        bind(run.dataset.items)
+    cascade = Cascade(
+        [run.channels[n] for n in names], quotas, ranker=_ranker(run, arm), reranker=reranker,
+        budget=arm.budget or base.pool_spec.budget, exclude_seen=base.pool_spec.exclude_seen,
+        max_history=base.max_history, fallback=base.fallback,
+    )
+    return Arm(arm.name, cascade)
+
+
+def build_arms(run, arms: list[ArmConfig] | None = None) -> list[Arm]:
+    """The configured arms, or the run's own cascade as the single arm 'cascade'."""
+    arms = arms if arms is not None else list(run.config.arms)
+    if not arms:
+        return [Arm(DEFAULT_ARM, run.cascade)]
+    return [build_arm(run, a) for a in arms]
+
+
+def request_latency_ms(fn, batch: RequestBatch, n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Per-request wall time (ms) of `fn(one_row_batch, k)` over a seeded sample of n rows."""
+    rows = np.random.default_rng(seed).choice(len(batch), size=min(n, len(batch)), replace=False)
+    fn(batch.take(rows[:1]), k)  # warm-up
+    out = np.empty(len(rows))
+    for i, r in enumerate(rows):
+        one = batch.take(np.array([r]))
+        t = time.perf_counter()
+        fn(one, k)
+        out[i] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+def latency_summary(ms: np.ndarray) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "requests": int(ms.shape[0])}
