@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="amazon-beauty-2014-5core")
     ap.add_argument("--quick", action="store_true", help="a 2-point grid (smoke run)")
+    ap.add_argument("--no-tune", action="store_true",
+                    help="use the channels' defaults (tuned on Beauty) untouched: the generalisation check")
     args = ap.parse_args(argv)
     command = "python -m bench.classic_channels " + " ".join(argv if argv is not None else sys.argv[1:])
     ds = load_dataset("amazon", DATA / args.dataset)
@@ -74,9 +76,12 @@ def main(argv=None) -> int:
     valid_data, test_data = fit_data(ds, split, "valid", 0), fit_data(ds, split, "test", 0)
     valid_set, test_set = build_eval_set(split, "valid", 50), build_eval_set(split, "test", 50)
     i2i_grid = {k: v[:1] for k, v in I2I_GRID.items()} if args.quick else I2I_GRID
+    pop_grid = POP_GRID
+    if args.no_tune:
+        i2i_grid, pop_grid = {}, {}
     log: list = []
     key = KEYS.get(args.dataset, args.dataset)
-    for name, cls, grid in (("popularity", PopularityChannel, POP_GRID), ("item2item", ItemToItemChannel, i2i_grid)):
+    for name, cls, grid in (("popularity", PopularityChannel, pop_grid), ("item2item", ItemToItemChannel, i2i_grid)):
         params, best_valid = tune(cls, grid, valid_data, valid_set, log)
         t = time.perf_counter()
         res = _score(cls(**params), test_data, test_set)

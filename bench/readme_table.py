@@ -1,0 +1,79 @@
+"""Render the README results table from bench/results/summary.json (and check it is current).
+
+    python -m bench.readme_table          # rewrite the table between the README markers
+    python -m bench.readme_table --check  # exit 1 when the README table differs from the JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.summary import QUALITY_KEYS, SUMMARY
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+DATASETS = ("amazon-beauty", "amazon-sports", "amazon-toys")
+METHODS = ("popularity", "item2item", "two_tower", "tiger", "cobra_sparse", "cobra", "cascade_lgbm", "cascade_mtgr")
+
+# SPEC section 9: published numbers under the same protocol (seen items excluded) or as published
+PUBLISHED = {
+    "amazon-beauty": [
+        ("SASRec (TIGER paper)", (".0387", ".0249", ".0605", ".0318")),
+        ("TIGER (paper)", (".0454", ".0321", ".0648", ".0384")),
+        ("COBRA (paper)", (".0537", "-", ".0725", ".0456")),
+        ("SASRec + sampled softmax (eSASRec paper)", ("-", "-", ".0921", ".0531")),
+        ("BSARec (AAAI'24)", (".0736", ".0523", ".1008", ".0611")),
+    ],
+    "amazon-sports": [("TIGER (paper)", (".0264", ".0181", ".0400", ".0225")), ("COBRA (paper)", ("-", "-", ".0434", "-"))],
+    "amazon-toys": [("TIGER (paper)", (".0521", ".0371", ".0712", ".0432")), ("COBRA (paper)", ("-", "-", ".0781", "-"))],
+}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{float(v):.4f}"
+
+
+def render(summary: dict) -> str:
+    head = "| dataset | method | " + " | ".join(QUALITY_KEYS) + " | source |"
+    lines = [head, "|---|---|" + "---|" * (len(QUALITY_KEYS) + 1)]
+    for ds in DATASETS:
+        entries = summary.get(ds, {})
+        for method in METHODS + tuple(sorted(set(entries) - set(METHODS))):
+            e = entries.get(method)
+            if e is None:
+                continue
+            lines.append(f"| {ds} | {method} | " + " | ".join(_fmt(e.get(k)) for k in QUALITY_KEYS) + " | this project |")
+        if entries:
+            for name, vals in PUBLISHED.get(ds, []):
+                lines.append(f"| {ds} | {name} | " + " | ".join(vals) + " | published |")
+    return "\n".join(lines)
+
+
+def updated_readme(text: str, table: str) -> str:
+    if START not in text or END not in text:
+        raise ValueError(f"README.md lacks the markers {START} / {END}")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    return f"{before}{START}\n{table}\n{END}{after}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args(argv)
+    table = render(json.loads(SUMMARY.read_text()))
+    text = README.read_text()
+    new = updated_readme(text, table)
+    if args.check:
+        if new != text:
+            print("README results table is out of date: run python -m bench.readme_table", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
