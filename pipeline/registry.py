@@ -22,6 +22,7 @@ RANKER_KINDS: dict[str, str] = {
 
 RERANKER_KINDS: dict[str, str] = {
     "passthrough": "rerank.passthrough:PassThroughReRanker",
+    "rules": "rerank.reranker:RuleDiversityReRanker",
 }
 
 
