@@ -12,6 +12,7 @@ import yaml
 from pipeline.config import ConfigError, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+SERVING_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serving.yaml"
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -73,6 +74,73 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return quickstart(args.config, _overrides(args.set))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serving.config import load_serve_config
+
+    cfg = load_serve_config(args.config, _overrides(args.set))
+    from pipeline.serving import app  # imports ray
+
+    if args.update:
+        app.update(args.run, cfg)
+        print(f"rolled the running app '{cfg.ray.app_name}' over to {args.run}")
+        return 0
+    app.serve_forever(args.run, cfg, log_to_driver=args.verbose)
+    return 0
+
+
+def cmd_ab(args: argparse.Namespace) -> int:
+    import json
+
+    if args.ab_cmd == "replay":
+        from pipeline.serving.replay import replay
+
+        summary = replay(args.url, args.run, n_users=args.users, k=args.k, seed=args.seed, rate=args.rate)
+        print(json.dumps(summary.to_dict(), indent=2))
+        return 0 if summary.errors == 0 else 1
+    from pipeline.serving.abreport import format_report, load_feedback, load_served, report
+
+    if not Path(args.logs).is_dir():
+        raise ConfigError(f"{args.logs}: no such log folder")
+    try:
+        rep = report(load_served(args.logs), load_feedback(args.logs, args.feedback), control=args.control,
+                     n_boot=args.n_boot, include_forced=args.include_forced)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(format_report(rep))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rep, indent=2) + "\n")
+        print(f"report: {args.out}")
+    return 0
+
+
+def _serve_parsers(sub: Any) -> None:
+    sv = sub.add_parser("serve", help="serve a run folder over HTTP with Ray Serve (127.0.0.1 by default)")
+    sv.add_argument("--run", required=True, help="a run folder from `hybridrec train`")
+    sv.add_argument("--config", default=str(SERVING_CONFIG) if SERVING_CONFIG.is_file() else None,
+                    help="serving config (default: configs/serving.yaml)")
+    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a serving config key")
+    sv.add_argument("--update", action="store_true", help="roll the running app over to --run (no failed requests)")
+    sv.set_defaults(fn=cmd_serve)
+
+    ab = sub.add_parser("ab", help="online A/B: report per-arm metrics, replay held-out clicks")
+    asub = ab.add_subparsers(dest="ab_cmd", required=True)
+    r = asub.add_parser("report", help="per-arm CTR, clicks/list, MRR with bootstrap intervals")
+    r.add_argument("--logs", required=True, help="the serving log folder (default of serve: <run>/serve_logs)")
+    r.add_argument("--feedback", action="append", default=[], help="imported feedback (JSONL/CSV/Parquet), repeatable")
+    r.add_argument("--control", default=None)
+    r.add_argument("--n-boot", type=int, default=1000)
+    r.add_argument("--include-forced", action="store_true", help="count requests that forced an arm")
+    r.add_argument("--out", default=None, help="write the report as JSON")
+    rp = asub.add_parser("replay", help="send held-out targets of a run as requests and clicks to a running app")
+    rp.add_argument("--run", required=True)
+    rp.add_argument("--url", default="http://127.0.0.1:8000")
+    rp.add_argument("--users", type=int, default=500)
+    rp.add_argument("--k", type=int, default=10)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--rate", type=float, default=None, help="requests per second (default: as fast as answered)")
+    ab.set_defaults(fn=cmd_ab)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridrec", description="Hybrid cascade recommender")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -118,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="the main job on the synthetic default: train, compare, serve one request")
     with_config(q, required=False)
     q.set_defaults(fn=cmd_quickstart)
+    _serve_parsers(sub)
     return p
 
 

@@ -1,9 +1,9 @@
 """The main job on the embedded default: synthetic data -> train every stage -> channel comparison
--> answer one request."""
+-> answer one request in process -> start the Ray Serve app, answer one request over HTTP, stop."""
 from __future__ import annotations
 
 import json
-import tempfile
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,18 +15,20 @@ from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.types import Request
 from pipeline.workflow import load_run, train
 
+SERVING_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serving.yaml"
+
 
 def quickstart(config_path: str | Path, overrides: dict[str, Any] | None = None) -> int:
     cfg = load_config(config_path, overrides)
     t0 = time.perf_counter()
-    print(f"[1/3] training every stage of {config_path} (stage '{cfg.eval.stage}')")
+    print(f"[1/4] training every stage of {config_path} (stage '{cfg.eval.stage}')")
     run_path = train(cfg)
     run = load_run(run_path)
     print(f"      run folder: {run_path} ({time.perf_counter() - t0:.1f}s)")
-    print("[2/3] channel comparison (leave-one-out, full catalog, seen items excluded)")
+    print("[2/4] channel comparison (leave-one-out, full catalog, seen items excluded)")
     report = evaluate_run(run, out_dir=run_path / f"eval-{run.stage}")
     print(format_table(report))
-    print("[3/3] one request through the cascade")
+    print("[3/4] one request through the cascade (in process)")
     user = 0
     hist = run.split.history(run.stage)
     rows = hist[hist["user_id"] == user]
@@ -38,5 +40,41 @@ def quickstart(config_path: str | Path, overrides: dict[str, Any] | None = None)
     for rank, (item, score, reasons) in enumerate(zip(rec.items, rec.scores, rec.reasons), 1):
         print(f"      {rank:>2}. {run.dataset.item_ids[item]:<12} {float(score):.5f}  {', '.join(reasons)}")
     print("      timings (ms): " + json.dumps({k: round(v, 3) for k, v in rec.timings_ms.items()}))
+    print("[4/4] the same request over HTTP (Ray Serve on 127.0.0.1, configs/serving.yaml)")
+    serve_one_request(run_path, str(run.dataset.user_ids[user]))
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_one_request(run_path: Path, user_id: str, k: int = 10) -> dict[str, Any]:
+    """Start the app for `run_path`, POST /recommend once, print the answer, shut down."""
+    import requests
+
+    from pipeline.serving import app
+    from pipeline.serving.config import load_serve_config
+
+    t = time.perf_counter()
+    cfg = load_serve_config(SERVING_CONFIG if SERVING_CONFIG.is_file() else None, {"http.port": _free_port()})
+    url = app.start(run_path, cfg)
+    try:
+        print(f"      app up at {url} ({time.perf_counter() - t:.1f}s); POST {url}/recommend")
+        body = {"user_id": user_id, "k": k}
+        response = requests.post(f"{url}/recommend", json=body, timeout=30)
+        response.raise_for_status()
+        answer = response.json()
+        print(f"      request {json.dumps(body)} -> HTTP {response.status_code}, arm '{answer['arm']}', "
+              f"degraded {answer['degraded']}")
+        for item in answer["items"]:
+            print(f"      {item['position'] + 1:>2}. {item['item_id']:<12} {item['score'] or 0.0:.5f}  {', '.join(item['reasons'])}")
+        print("      timings (ms): " + json.dumps(answer["timings_ms"]))
+        return answer
+    finally:
+        t = time.perf_counter()
+        app.stop()
+        print(f"      app stopped ({time.perf_counter() - t:.1f}s)")

@@ -14,10 +14,13 @@ CHANNEL_KINDS: dict[str, str] = {
     "popularity": "channels.popularity:PopularityChannel",
     "item2item": "channels.item2item:ItemToItemChannel",
     "table": "channels.table:CandidateTableChannel",
+    "http": "channels.http_channel:HttpChannel",
 }
 
 RANKER_KINDS: dict[str, str] = {
     "passthrough": "rankers.passthrough:PassThroughRanker",
+    "lgbm": "rankers.lgbm:LightGBMRanker",
+    "mtgr": "rankers.mtgr_ranker:MTGRRanker",
 }
 
 RERANKER_KINDS: dict[str, str] = {

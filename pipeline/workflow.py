@@ -4,8 +4,13 @@ The run folder (written atomically):
   manifest.json            config, stage fitted for, data fingerprint, versions, per-stage times
   data/                    the canonical dataset (Parquet) the run was fitted on
   channels/<name>/         each channel's artifacts (JSON, Parquet, .npy, faiss, torch weights)
+  ranker/                  a trained ranker (LightGBM text model or torch state_dict + JSON, .npy)
 Channels are fitted on split.history(stage) only: the targets of that stage, and anything after
 them, never reach fitting (see tests/test_leakage.py).
+A trainable ranker (one with fit/bind/save/load, e.g. `lgbm`, `mtgr`) is trained on label folds
+strictly before `stage` (rankers/training_data.py): for each fold the channels are fitted again on
+the fold's history, pools are built for the fold's targets, label = the target. Then its serving
+features are bound to the stage's fit data (see tests/test_rank_leakage.py).
 """
 from __future__ import annotations
 
@@ -20,8 +25,9 @@ from pipeline.artifacts import atomic_dir, atomic_write_json, new_run_dir, read_
 from pipeline.cascade import Cascade
 from pipeline.config import Config, ConfigError, DataConfig, parse_config
 from pipeline.data import Dataset, leave_one_out, load_dataset, synthesize, temporal_split
+from pipeline.pool import merge_pool
 from pipeline.protocols import FitData
-from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class
+from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, import_object
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,12 @@ def prepare_data(cfg: DataConfig) -> Dataset:
 
 
 def make_split(dataset: Dataset, cfg: DataConfig):
-    return leave_one_out(dataset.interactions) if cfg.split == "leave_one_out" else temporal_split(dataset.interactions)
+    return split_frame(dataset.interactions, cfg)
+
+
+def split_frame(interactions, cfg: DataConfig):
+    """The configured split of any interaction frame (also used to step back for ranker folds)."""
+    return leave_one_out(interactions) if cfg.split == "leave_one_out" else temporal_split(interactions)
 
 
 def fit_data(dataset: Dataset, split, stage: str, seed: int) -> FitData:
@@ -64,21 +75,25 @@ class Run:
     manifest: dict
 
 
-def build_cascade(cfg: Config, channels: dict) -> Cascade:
+def build_cascade(cfg: Config, channels: dict, ranker=None, reranker=None) -> Cascade:
+    """The cascade of a config over fitted channels; `ranker`/`reranker` default to fresh ones
+    built from the config (a trained ranker comes from the run folder, see load_run)."""
     enabled = [channels[c.name] for c in cfg.enabled_channels()]
     quotas = {c.name: c.quota for c in cfg.enabled_channels()}
     fallback = next((ch for ch in enabled if type(ch).__name__ == "PopularityChannel"), None)
     return Cascade(
         enabled, quotas,
-        ranker=build_stage(cfg.ranker, RANKER_KINDS, "ranker"),
-        reranker=build_stage(cfg.rerank, RERANKER_KINDS, "rerank"),
+        ranker=ranker if ranker is not None else build_stage(cfg.ranker, RANKER_KINDS, "ranker"),
+        reranker=reranker if reranker is not None else build_stage(cfg.rerank, RERANKER_KINDS, "rerank"),
         budget=cfg.pool.budget, exclude_seen=cfg.pool.exclude_seen, max_history=cfg.data.max_history,
         fallback=fallback,
     )
 
 
-def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, dataset: Dataset | None = None) -> Path:
-    """Fit every enabled channel for `stage` (default cfg.eval.stage); returns the run folder."""
+def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, dataset: Dataset | None = None,
+          labelled=None) -> Path:
+    """Fit every enabled channel for `stage` (default cfg.eval.stage), then a trainable ranker;
+    returns the run folder. `labelled`: the ranker's RankingData, when already built (benchmarks)."""
     stage = stage or cfg.eval.stage
     t0 = time.perf_counter()
     dataset = dataset if dataset is not None else prepare_data(cfg.data)
@@ -97,11 +112,19 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
                 channel.save(tmp / "channels" / ccfg.name)
             times[f"fit.{ccfg.name}"] = time.perf_counter() - t
             manifest_channels.append({"name": ccfg.name, "saved": savable})
+        ranker_entry = None
+        ranker = build_stage(cfg.ranker, RANKER_KINDS, "ranker")
+        if is_trainable(ranker):
+            t = time.perf_counter()
+            ranker_entry = fit_ranker(ranker, cfg, dataset, split, stage, data, labelled=labelled)
+            ranker.save(tmp / "ranker")
+            ranker_entry |= {"path": "ranker", "kind": cfg.ranker.kind, "seconds": time.perf_counter() - t}
+            times["fit.ranker"] = ranker_entry["seconds"]
         manifest = {
             "config": cfg.model_dump(mode="json"), "stage": stage, "data_fingerprint": dataset.fingerprint(),
             "data": {"name": dataset.name, "users": dataset.n_users, "items": dataset.n_items,
                      "interactions": len(dataset.interactions), "has_time": dataset.has_time},
-            "channels": manifest_channels, "seconds": times, "versions": versions(),
+            "channels": manifest_channels, "ranker": ranker_entry, "seconds": times, "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         atomic_write_json(tmp / "manifest.json", manifest)
@@ -125,4 +148,66 @@ def load_run(path: str | Path) -> Run:
             channels[ccfg.name] = channel_class(ccfg).load(path / "channels" / ccfg.name)
         else:  # a plug-in without save/load is refitted from the same data
             channels[ccfg.name] = build_channel(ccfg).fit(fit_data(dataset, split, stage, cfg.run.seed))
-    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels), manifest)
+    ranker = None
+    if manifest.get("ranker"):
+        ranker = ranker_class(cfg).load(path / manifest["ranker"]["path"])
+    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels, ranker), manifest)
+
+
+# -- the ranker stage -------------------------------------------------------------------------
+def is_trainable(ranker) -> bool:
+    return all(callable(getattr(ranker, m, None)) for m in ("fit", "bind", "save")) and callable(
+        getattr(type(ranker), "load", None))
+
+
+def ranker_class(cfg: Config) -> type:
+    kind = cfg.ranker.kind
+    return import_object(kind if ":" in kind else RANKER_KINDS[kind])
+
+
+def retrieval_pools(cascade: Cascade):
+    """batch -> the merged pools of `cascade`'s channels (retrieval and pool merge only)."""
+    def pools(batch):
+        outputs, _, _ = cascade.retrieve(batch)
+        order = cascade.channel_names + tuple(n for n in outputs if n not in cascade.channel_names)
+        return merge_pool(batch, outputs, cascade.pool_spec, order)
+    return pools
+
+
+def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int, features_config,
+                 like: FitData | None = None):
+    """Labelled pools for a ranker evaluated on `stage`: channels refitted on each fold's history."""
+    from rankers.features import CrossFeatures
+    from rankers.passthrough import PassThroughRanker
+    from rankers.training_data import RankingData, collect, fold_fit_data, ranking_folds
+
+    like = like or fit_data(dataset, split, stage, cfg.run.seed)
+    parts = []
+    for i, fold in enumerate(ranking_folds(split, stage, n_folds, lambda f: split_frame(f, cfg.data))):
+        fdata = fold_fit_data(fold, like)
+        channels = {}
+        for ccfg in tqdm(cfg.enabled_channels(), desc=f"fit channels (ranker fold {fold.name})", unit="channel", disable=None):
+            channels[ccfg.name] = build_channel(ccfg).fit(fdata)
+        cascade = build_cascade(cfg, channels, ranker=PassThroughRanker())
+        features = CrossFeatures(cascade.channel_names, features_config).fit(fdata)
+        bar = lambda it, n=fold.name: tqdm(it, desc=f"ranker pools {n}", unit="batch", leave=False, disable=None)
+        parts.append(collect(i, fold, retrieval_pools(cascade), features, cfg.data.max_history,
+                             cfg.eval.batch_size, progress=bar))
+        log.info("ranker fold %s: %s", fold.name, parts[-1].stats)
+    return RankingData.concat(parts)
+
+
+def fit_ranker(ranker, cfg: Config, dataset: Dataset, split, stage: str, data: FitData, labelled=None) -> dict:
+    """Train `ranker` for `stage` (label folds before it, a user holdout for early stopping), then
+    bind its serving features to `data` (the stage's fit data). Returns the manifest entry.
+    `labelled`: RankingData already built by `ranking_data` for this stage (benchmarks cache it)."""
+    t = time.perf_counter()
+    if labelled is None:
+        labelled = ranking_data(cfg, dataset, split, stage, int(ranker.train_folds), ranker.feature_config, data)
+    train_part, holdout = labelled.split_holdout(float(ranker.holdout), cfg.run.seed)
+    t_pools = time.perf_counter() - t
+    # bind first: the serving features hold the item tables a model may be built from
+    ranker.bind(data, tuple(c.name for c in cfg.enabled_channels()))
+    ranker.fit(train_part, holdout)
+    return {"folds": labelled.stats, "train_groups": len(train_part), "holdout_groups": len(holdout),
+            "features": list(labelled.names), "seconds_pools": t_pools, "report": getattr(ranker, "report_", None)}

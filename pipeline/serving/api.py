@@ -1,0 +1,114 @@
+"""The HTTP API's request and response models (the OpenAPI schema is generated from these).
+
+Requests are strict: unknown fields, wrong types, out-of-range k, oversize histories or contexts
+are a 422 with a message naming the field. Ids are the dataset's ORIGINAL ids (strings; integers
+are accepted and read as their decimal string). Item ids the run does not know are ignored and
+listed in the response's `ignored_items`; an unknown user is served as an anonymous one
+(`known_user: false`) from the history sent, or from popularity when there is none.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+
+from pipeline.serving.config import Limits
+
+LIMITS = Limits()  # the schema's bounds; a smaller configured limit is checked again by the service
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=LIMITS.max_id_length)] | Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+ContextValue = (
+    Annotated[StrictStr, Field(max_length=256)] | StrictBool | StrictInt
+    | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class RecommendRequest(Strict):
+    """Who to recommend for: a user id, a recent history (oldest first), or both (the history is
+    appended to the user's stored one). Neither: an anonymous request, answered by popularity."""
+
+    user_id: Id | None = None
+    history: list[Id] = Field(default_factory=list, max_length=LIMITS.max_history)
+    k: StrictInt = Field(10, ge=1, le=LIMITS.max_k)
+    context: dict[Annotated[str, Field(min_length=1, max_length=64)], ContextValue] = Field(
+        default_factory=dict, max_length=LIMITS.max_context_keys
+    )
+    arm: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None  # force an A/B arm
+
+    @field_validator("user_id", mode="after")
+    @classmethod
+    def _user_str(cls, v: str | int | None) -> str | None:
+        return None if v is None else str(v)
+
+    @field_validator("history", mode="after")
+    @classmethod
+    def _history_str(cls, v: list[str | int]) -> list[str]:
+        return [str(x) for x in v]
+
+
+class Item(BaseModel):
+    item_id: str
+    position: int  # 0-based
+    score: float | None  # None where a rule placed an item without a score
+    reasons: list[str]
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    user_id: str | None
+    known_user: bool
+    arm: str
+    experiment: str | None
+    items: list[Item]
+    degraded: list[str]  # channels (or 'ranker'/'reranker') dropped for this request
+    fallback: bool  # every channel was down: the ingress's popularity answered
+    ignored_items: list[str]  # history ids the run does not know
+    history_used: int
+    timings_ms: dict[str, float]
+
+
+class FeedbackRequest(Strict):
+    """A click (or other event) on a served item, joined to the served list by request_id."""
+
+    request_id: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    item_id: Id
+    event: Annotated[StrictStr, Field(pattern=r"^[a-z_]{1,32}$")] = "click"
+    user_id: Id | None = None
+
+    @field_validator("item_id", "user_id", mode="after")
+    @classmethod
+    def _as_str(cls, v: str | int | None) -> str | None:
+        return None if v is None else str(v)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: bool
+
+
+class ChannelInfo(BaseModel):
+    name: str
+    kind: str
+    quota: int
+    budget_ms: float
+    replicas: int
+
+
+class ChannelsResponse(BaseModel):
+    channels: list[ChannelInfo]
+    arms: dict[str, list[str]]  # arm -> its channels
+
+
+class Health(BaseModel):
+    status: str
+    run: str
+    channels: int
+    uptime_s: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: list[str] = []

@@ -1,0 +1,177 @@
+"""Build the Ray Serve application from a run folder and a `ServeConfig`; start, update, stop it.
+
+    app = build_app("runs/quickstart-...", cfg)      # one deployment per channel, ranker, re-ranker, ingress
+    url = start(run, cfg)                             # local Ray node (or cfg.ray.address), HTTP on 127.0.0.1
+    update(new_run, cfg)                              # rolling update of the running app to new artifacts
+    stop()
+
+Ray settings that matter on small machines (see docs of the project's environment): fractional
+CPUs per replica, raised max_ongoing_requests, short graceful shutdown, access logs off, token
+auth off and a loopback node address for local runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve import Application
+
+from pipeline.config import ConfigError
+from pipeline.serving.config import DeploymentConfig, ServeConfig
+from pipeline.serving.deployments import ChannelDeployment, Ingress, RankerDeployment, RerankDeployment
+from pipeline.serving.runview import RunView
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_ENV = {
+    "RAY_AUTH_MODE": "disabled",  # 2.60 turns token auth on by default
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # makes the local node address 127.0.0.1
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def _options(d: DeploymentConfig, cfg: ServeConfig, name: str, **extra: Any) -> dict[str, Any]:
+    return dict(
+        name=name, num_replicas=d.replicas, max_ongoing_requests=d.max_ongoing_requests,
+        ray_actor_options={"num_cpus": d.num_cpus}, graceful_shutdown_wait_loop_s=cfg.shutdown.graceful_wait_s,
+        graceful_shutdown_timeout_s=cfg.shutdown.graceful_timeout_s, **extra,
+    )
+
+
+def check(run_path: str | Path, cfg: ServeConfig) -> RunView:
+    """Open the run and resolve the config against it (unknown channels, arms) before any Ray work."""
+    from pipeline.serving.ab import ArmTable
+
+    view = RunView.open(run_path, cfg.extra_channels)
+    served = view.channel_configs()
+    unknown = sorted(set(cfg.channels) - set(served))
+    if unknown:
+        raise ConfigError(f"serving config: channels {unknown} are not in the run {run_path}; served: {sorted(served)}")
+    ArmTable(cfg.experiment, view.config, served)
+    return view
+
+
+def _init_args(cfg: ServeConfig) -> dict[str, Any]:
+    """The config handed to constructors, without the fault settings: those travel as user_config
+    only, so changing them reconfigures channel replicas in place instead of restarting the app."""
+    raw = cfg.model_dump(mode="json")
+    for section in [raw["channel_defaults"], *raw["channels"].values()]:
+        section.pop("fault", None)
+    return raw
+
+
+def code_version(raw: dict[str, Any]) -> str:
+    """What replicas are constructed from: the serving config and code. Serve restarts replicas
+    (rolling) only when this changes. The run folder and the fault settings travel in user_config:
+    a new run or a fault is applied in place by every replica (`reconfigure`), without restarts."""
+    digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _versioned(deployment: Any, version: str) -> Any:
+    # Serve's Python API gives every deploy a random version (so every update restarts every
+    # replica); the version is still settable internally, which is what config-file deploys use.
+    try:
+        return deployment.options(version=version, _internal=True)
+    except (TypeError, ValueError):  # a Serve without the internal option: restarts on every update
+        return deployment
+
+
+def build_app(run_path: str | Path, cfg: ServeConfig) -> Application:
+    view = check(run_path, cfg)
+    raw = _init_args(cfg)
+    version = code_version(raw)
+    run = {"run": str(Path(run_path).resolve()), "stamp": f"{view.manifest.get('created')}|{view.fingerprint}"}
+
+    def opts(d: DeploymentConfig, name: str, **user: Any) -> dict[str, Any]:
+        return _options(d, cfg, name, user_config=run | user)
+
+    channels = {
+        name: _versioned(ChannelDeployment.options(**opts(cfg.channel(name), f"channel-{name}", fault=cfg.channel(name).fault.model_dump())),
+                         version).bind(raw, name)
+        for name in view.channel_configs()
+    }
+    ranker = _versioned(RankerDeployment.options(**opts(cfg.ranker, "ranker")), version).bind(raw)
+    reranker = _versioned(RerankDeployment.options(**opts(cfg.reranker, "reranker")), version).bind(raw)
+    ingress = _versioned(Ingress.options(**opts(cfg.ingress, "ingress")), version)
+    return ingress.bind(raw, channels, ranker, reranker)
+
+
+def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
+    for key, value in {**LOCAL_ENV, **cfg.ray.env}.items():
+        os.environ.setdefault(key, value)
+    paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # replicas import the project
+    if not log_to_driver:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+        return
+    ray.init(
+        num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_mb << 20, include_dashboard=False,
+        log_to_driver=log_to_driver, logging_level=logging.WARNING,
+    )
+
+
+def start(run_path: str | Path, cfg: ServeConfig, log_to_driver: bool = False) -> str:
+    """Start (or join) Ray, start Serve on cfg.http, deploy the app; returns its base URL."""
+    app = build_app(run_path, cfg)
+    init_ray(cfg, log_to_driver)
+    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port}, proxy_location="HeadOnly",
+                logging_config={"enable_access_log": False})
+    serve.run(app, name=cfg.ray.app_name, route_prefix="/", logging_config={"enable_access_log": False})
+    return f"http://{cfg.http.host}:{cfg.http.port}"
+
+
+def update(run_path: str | Path, cfg: ServeConfig, wait_s: float = 300.0) -> None:
+    """Roll the running app over to new artifacts (or a new config): Serve starts new replicas and
+    drains the old ones; requests in flight finish on the old version."""
+    app = build_app(run_path, cfg)
+    init_ray(cfg if cfg.ray.address else cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": "auto"})}))
+    serve.run(app, name=cfg.ray.app_name, route_prefix="/", logging_config={"enable_access_log": False}, blocking=False)
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        status = serve.status().applications.get(cfg.ray.app_name)
+        if status is not None and status.status == "RUNNING":
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"application {cfg.ray.app_name} not RUNNING after {wait_s}s")
+
+
+def stop(shutdown_ray: bool = True) -> None:
+    try:
+        serve.shutdown()
+    finally:
+        if shutdown_ray and ray.is_initialized():
+            ray.shutdown()
+
+
+def serve_forever(run_path: str | Path, cfg: ServeConfig, log_to_driver: bool = True) -> None:
+    """`hybridrec serve`: start, print the URL, wait for Ctrl-C / SIGTERM, stop cleanly. On a cluster
+    (cfg.ray.address set) the app is detached: deploy, print, return; `serve shutdown` removes it."""
+    url = start(run_path, cfg, log_to_driver)
+    print(f"serving {run_path} at {url}  (POST /recommend, GET /healthz /channels /metrics /docs)")
+    if cfg.ray.address:
+        print("deployed on the cluster (detached); remove it with `serve shutdown -a <dashboard address>`")
+        return
+    print("Ctrl-C stops")
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(0.5):  # polled: a signal may land on one of Ray's threads, not this one
+        pass
+    print("stopping ...")
+    stop()

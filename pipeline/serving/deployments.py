@@ -1,0 +1,173 @@
+"""Ray Serve deployments: thin adapters around the plain components.
+
+Constructors get the serving config as plain data (the ingress also gets handles to the others);
+the run folder arrives in `user_config` ({"run", "stamp", "fault"}), and `reconfigure` builds the
+component from it (nothing fitted is pickled). A new run is therefore an in-place update: each
+replica loads it in a worker thread while answering from the old one, then swaps.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from pipeline.serving.components import ChannelComponent, Fault, RankerComponent, RerankComponent
+from pipeline.serving.config import ServeConfig
+from pipeline.serving.routes import create_app
+from pipeline.serving.runview import RunView
+from pipeline.serving.service import IngressState, RecommendService
+from pipeline.types import CandidateSet, RequestBatch, Retrieved
+
+log = logging.getLogger(__name__)
+
+
+def _view(run_path: str, cfg: ServeConfig) -> RunView:
+    return RunView.open(run_path, cfg.extra_channels)
+
+
+def _run_key(user_config: dict[str, Any]) -> tuple[str, str]:
+    """Which artifacts a replica should serve: the run path and its stamp (creation time and data
+    fingerprint), so that a run retrained at the same path is reloaded too."""
+    return str(user_config["run"]), str(user_config.get("stamp", ""))
+
+
+class _Reloading:
+    """Loads its component from the run named in user_config, in a worker thread (requests keep
+    being answered by the current component meanwhile), then swaps it in."""
+
+    loaded: tuple[str, str] | None = None
+
+    async def _reload(self, user_config: dict[str, Any], build: Any) -> bool:
+        key = _run_key(user_config)
+        if key == self.loaded:
+            return False
+        self.component = await asyncio.to_thread(build, key[0])
+        self.loaded = key
+        return True
+
+
+@serve.deployment
+class ChannelDeployment(_Reloading):
+    def __init__(self, serve_cfg: dict[str, Any], name: str) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.name = name
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        threads = self.cfg.channel(self.name).threads
+        await self._reload(user_config, lambda run: ChannelComponent(_view(run, self.cfg), self.name, threads))
+        self.component.fault = Fault.of(user_config.get("fault"))
+
+    async def retrieve(self, batch: RequestBatch, k: int, run: str | None = None) -> Retrieved:
+        return await self.component.aretrieve(batch, k, run)
+
+
+@serve.deployment
+class RankerDeployment(_Reloading):
+    def __init__(self, serve_cfg: dict[str, Any]) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.score.set_max_batch_size(self.cfg.ranker.max_batch_size)
+        self.score.set_batch_wait_timeout_s(self.cfg.ranker.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self._reload(user_config, lambda run: RankerComponent(_view(run, self.cfg), self.cfg, self.cfg.ranker.threads))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def score(
+        self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], runs: list[str | None]
+    ) -> list[np.ndarray | None]:
+        return self.component.score_many(arms, batches, pools, runs)
+
+
+@serve.deployment
+class RerankDeployment(_Reloading):
+    def __init__(self, serve_cfg: dict[str, Any]) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.rerank.set_max_batch_size(self.cfg.reranker.max_batch_size)
+        self.rerank.set_batch_wait_timeout_s(self.cfg.reranker.batch_wait_timeout_s)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self._reload(user_config, lambda run: RerankComponent(_view(run, self.cfg), self.cfg, self.cfg.reranker.threads))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def rerank(
+        self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], ks: list[int], runs: list[str | None]
+    ) -> list[CandidateSet | None]:
+        return self.component.rerank_many(arms, batches, pools, ks, runs)
+
+
+async def _await(response: DeploymentResponse) -> Any:
+    """Await a handle call; if the caller gives up (budget), cancel the call too."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
+
+
+def _transport(handle: DeploymentHandle, grpc: bool) -> DeploymentHandle:
+    try:
+        return handle.options(_by_reference=not grpc)
+    except (TypeError, ValueError):  # a Serve without the option: its default transport
+        return handle
+
+
+class HandleBackends:
+    """`service.Backends` over deployment handles."""
+
+    def __init__(self, channels: dict[str, DeploymentHandle], ranker: DeploymentHandle, reranker: DeploymentHandle) -> None:
+        # handles are built in the driver, with its defaults; this replica's environment decides
+        # (ray.env in the serving config): gRPC between deployments, or Ray object references
+        grpc = os.environ.get("RAY_SERVE_USE_GRPC_BY_DEFAULT") == "1"
+        self.channels = {name: _transport(h, grpc) for name, h in channels.items()}
+        self.ranker = _transport(ranker, grpc)
+        self.reranker = _transport(reranker, grpc)
+
+    async def retrieve(self, channel: str, batch: RequestBatch, k: int, run: str) -> Retrieved:
+        return await _await(self.channels[channel].retrieve.remote(batch, k, run))
+
+    async def score(self, arm: str, batch: RequestBatch, pool: CandidateSet, run: str) -> np.ndarray | None:
+        return await _await(self.ranker.score.remote(arm, batch, pool, run))
+
+    async def rerank(self, arm: str, batch: RequestBatch, pool: CandidateSet, k: int, run: str) -> CandidateSet | None:
+        return await _await(self.reranker.rerank.remote(arm, batch, pool, k, run))
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self, serve_cfg: dict[str, Any], channels: dict[str, DeploymentHandle], ranker: DeploymentHandle,
+        reranker: DeploymentHandle,
+    ) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.service = RecommendService(None, HandleBackends(channels, ranker, reranker), self.cfg)
+        self.loaded: tuple[str, str] | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load the run named in user_config (first start or rolling update) and swap it in;
+        requests already running finish on the previous run's state."""
+        key = _run_key(user_config)
+        if key == self.loaded:
+            return
+        state = await asyncio.to_thread(lambda: IngressState.build(_view(key[0], self.cfg), self.cfg))
+        old = self.service.swap(state)
+        self.loaded = key
+        if old is not None:
+            old.close()
+            return
+        try:  # first calls through fresh handles are slow: pay for them before traffic arrives
+            await asyncio.wait_for(self.service.warmup(), timeout=30.0)
+        except Exception as err:
+            log.warning("ingress warm-up incomplete: %s", err)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.service, self.cfg.limits.max_body_bytes)
+
+    def __del__(self) -> None:
+        if getattr(self, "service", None) is not None and self.service.state is not None:
+            self.service.state.close()

@@ -1,0 +1,171 @@
+"""Training the MTGR ranker: labelled pools -> tensors -> listwise + pointwise loss, early stopping.
+
+Loss per request: softmax cross-entropy over its pool with the true next item as the positive
+(listwise), plus `pointwise_weight` x binary cross-entropy of every candidate (the pointwise head;
+Beauty has a single signal, a data set with clicks and purchases would give it its own label).
+Early stopping on the held-out users' NDCG@10 inside their pools.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.types import PAD, RequestBatch
+from rankers.mtgr import MTGR, MTGRInputs
+
+log = logging.getLogger(__name__)
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 32  # requests per step
+    max_epochs: int = 20
+    patience: int = 3
+    pointwise_weight: float = 0.2
+    max_train_candidates: int | None = None  # sample the pool's negatives down to this (None: all)
+    seed: int = 0
+
+
+@dataclass
+class TrainReport:
+    epochs: int = 0
+    best_epoch: int = 0
+    best_holdout_ndcg10: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def request_inputs(batch: RequestBatch) -> dict[str, torch.Tensor]:
+    """User and history tensors of a RequestBatch (left-padded, most recent last)."""
+    hist = batch.history
+    valid = hist != PAD
+    width = hist.shape[1]
+    times = batch.history_times.astype(np.float64)
+    now = batch.now.astype(np.float64)[:, None]
+    lens = batch.lengths.astype(np.float64)
+    first = np.where(valid, times, np.inf).min(axis=1)
+    last = times[:, -1]
+    has = lens > 0
+    user = np.stack([
+        np.log1p(lens),
+        np.where(has, np.log1p(np.maximum(now[:, 0] - last, 0) / DAY), 0.0),
+        np.where(has, np.log1p(np.maximum(last - np.where(has, first, last), 0) / DAY), 0.0),
+    ], axis=1)
+    return {
+        "user": torch.from_numpy(user.astype(np.float32)),
+        "hist_items": torch.from_numpy(np.where(valid, hist + 1, 0)),
+        "hist_dist": torch.from_numpy(np.broadcast_to(np.arange(width, 0, -1), hist.shape).copy()),
+        "hist_age": torch.from_numpy(np.where(valid, np.maximum(now - times, 0), 0).astype(np.float32)),
+    }
+
+
+def candidate_inputs(items: np.ndarray, cross: np.ndarray, offsets: np.ndarray) -> dict[str, torch.Tensor]:
+    """Flat candidates of several pools (rows offsets[g]:offsets[g+1]) -> padded (G, M) tensors."""
+    sizes = np.diff(offsets)
+    g, m = len(sizes), max(int(sizes.max()) if len(sizes) else 0, 1)
+    col = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], sizes)
+    row = np.repeat(np.arange(g), sizes)
+    cand = np.zeros((g, m), np.int64)
+    feat = np.zeros((g, m, cross.shape[1]), np.float32)
+    cand[row, col] = items + 1
+    feat[row, col] = cross
+    return {"cand_items": torch.from_numpy(cand), "cand_cross": torch.from_numpy(feat)}
+
+
+def make_inputs(batch: RequestBatch, items: np.ndarray, cross: np.ndarray, offsets: np.ndarray) -> MTGRInputs:
+    return MTGRInputs(**request_inputs(batch), **candidate_inputs(items, cross, offsets))
+
+
+def _group_inputs(data, groups: np.ndarray, cfg: TrainConfig, rng: np.random.Generator | None):
+    """Inputs and the positive's column for a set of groups, negatives sampled when configured."""
+    starts, ends = data.offsets[groups], data.offsets[groups + 1]
+    pos_rows = starts + data.positive[groups]
+    rows, new_offsets, positive = [], [0], []
+    for s, e, p in zip(starts, ends, pos_rows):
+        r = np.arange(s, e)
+        k = cfg.max_train_candidates
+        if rng is not None and k is not None and len(r) > k:
+            neg = rng.choice(r[r != p], size=k - 1, replace=False)
+            r = np.sort(np.concatenate([neg, [p]]))
+        rows.append(r)
+        positive.append(int(np.searchsorted(r, p)))
+        new_offsets.append(new_offsets[-1] + len(r))
+    rows = np.concatenate(rows)
+    inp = make_inputs(data.batch(groups), data.items[rows], data.features[rows], np.asarray(new_offsets))
+    return inp, torch.tensor(positive)
+
+
+def _loss(model: MTGR, inp: MTGRInputs, positive: torch.Tensor, pointwise_weight: float) -> torch.Tensor:
+    listwise, pointwise = model(inp)  # (B, M)
+    loss = F.cross_entropy(listwise, positive)
+    if pointwise_weight:
+        valid = (inp.cand_items > 0).float()
+        target = F.one_hot(positive, listwise.shape[1]).float()
+        bce = F.binary_cross_entropy_with_logits(pointwise, target, reduction="none")
+        loss = loss + pointwise_weight * (bce * valid).sum() / valid.sum()
+    return loss
+
+
+@torch.no_grad()
+def holdout_metrics(model: MTGR, data, batch_size: int = 64) -> dict[str, float]:
+    """NDCG@10 / Recall@10 of the positive inside its pool (every held-out pool holds it)."""
+    if not len(data):
+        return {"ndcg10": 0.0, "recall10": 0.0}
+    model.eval()
+    ranks = []
+    for lo in range(0, len(data), batch_size):
+        groups = np.arange(lo, min(lo + batch_size, len(data)))
+        inp, positive = _group_inputs(data, groups, TrainConfig(), None)
+        scores, _ = model(inp)
+        pos_score = scores.gather(1, positive[:, None])
+        ranks.append((scores > pos_score).sum(1).numpy())
+    r = np.concatenate(ranks)
+    return {"ndcg10": float(np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0).mean()), "recall10": float((r < 10).mean())}
+
+
+def train_model(model: MTGR, train, holdout, cfg: TrainConfig, progress: bool = False) -> TrainReport:
+    """Adam on the listwise + pointwise loss; keeps the weights of the best holdout epoch."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    report, best_state, bad = TrainReport(), None, 0
+    t0 = time.perf_counter()
+    for epoch in range(1, cfg.max_epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        total, steps = 0.0, 0
+        for lo in range(0, len(order), cfg.batch_size):
+            groups = np.sort(order[lo : lo + cfg.batch_size])
+            inp, positive = _group_inputs(train, groups, cfg, rng)
+            loss = _loss(model, inp, positive, cfg.pointwise_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + loss.item(), steps + 1
+        metrics = holdout_metrics(model, holdout)
+        entry = {"epoch": epoch, "loss": total / max(steps, 1), **metrics, "seconds": time.perf_counter() - t0}
+        report.history.append(entry)
+        if progress:
+            print(f"  mtgr epoch {epoch}: loss {entry['loss']:.4f} holdout N@10 {metrics['ndcg10']:.4f} "
+                  f"R@10 {metrics['recall10']:.4f} ({entry['seconds']:.0f}s)", flush=True)
+        if best_state is None or metrics["ndcg10"] > report.best_holdout_ndcg10:
+            report.best_epoch, report.best_holdout_ndcg10 = epoch, metrics["ndcg10"]
+            best_state, bad = copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    report.epochs, report.seconds = len(report.history), time.perf_counter() - t0
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return report

@@ -1,0 +1,235 @@
+"""End to end over real HTTP: a tiny run trained here, the Ray Serve app on 127.0.0.1 (one local
+Ray node for the module), real requests; answers, A/B, faults and hostile requests checked."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline.serving.abreport import format_report, load_feedback, load_served, report
+from pipeline.serving.config import parse_serve_config
+from pipeline.serving.replay import replay
+from pipeline.serving.runview import RunView
+from tests.test_serving_support import StubRecall, free_port, tiny_run
+
+pytest.importorskip("ray.serve")
+
+
+def _cfg(port: int, logs: Path, recall_url: str, faults: dict | None = None) -> dict:
+    faults = faults or {}
+    channel = {"replicas": 1, "num_cpus": 0.1, "budget_ms": 300}
+    return {
+        "http": {"port": port}, "ray": {"num_cpus": 2, "object_store_mb": 200, "app_name": "hybridrec-test"},
+        "ingress": {"num_cpus": 0.1}, "ranker": {"num_cpus": 0.1}, "reranker": {"num_cpus": 0.1},
+        "channel_defaults": channel,
+        "channels": {n: {**channel, "fault": faults.get(n, {})} for n in ("popularity", "item2item", "recall")},
+        "extra_channels": [{"name": "recall", "kind": "http", "quota": 20,
+                            "params": {"url": recall_url, "timeout_ms": 200, "response": {"items": "results[].id", "scores": "results[].score"}}}],
+        "experiment": {"name": "e2e", "salt": "s1", "arms": [
+            {"name": "control", "weight": 1.0},
+            {"name": "no-recall", "weight": 1.0, "channels": ["popularity", "item2item"], "quotas": {"item2item": 80}},
+        ]},
+        "logging": {"dir": str(logs)},
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from pipeline.serving import app
+
+    root = tmp_path_factory.mktemp("serve")
+    run = tiny_run(root / "run")
+    view = RunView.open(run)
+    recall_items = [str(i) for i in view.dataset.item_ids[:30]]
+    with StubRecall(recall_items) as stub:
+        raw = _cfg(free_port(), root / "logs", stub.url)
+        url = app.start(run, parse_serve_config(raw))
+        try:
+            yield {"url": url, "run": run, "view": view, "raw": raw, "logs": root / "logs", "recall": recall_items}
+        finally:
+            app.stop()
+
+
+def post(url: str, body, **kw) -> requests.Response:
+    return requests.post(f"{url}/recommend", json=body, timeout=30, **kw)
+
+
+def test_health_channels_schema_metrics(served):
+    url = served["url"]
+    assert url.startswith("http://127.0.0.1:")
+    health = requests.get(f"{url}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["channels"] == 3
+    channels = requests.get(f"{url}/channels", timeout=10).json()
+    assert [c["name"] for c in channels["channels"]] == ["popularity", "item2item", "recall"]
+    assert channels["arms"] == {"control": ["popularity", "item2item", "recall"], "no-recall": ["popularity", "item2item"]}
+    schema = requests.get(f"{url}/openapi.json", timeout=10).json()
+    assert {"/recommend", "/feedback", "/healthz", "/channels", "/metrics"} <= set(schema["paths"])
+    post(url, {"k": 3})
+    metrics = requests.get(f"{url}/metrics", timeout=10).text
+    assert 'hybridrec_requests_total{route="/recommend",status="200"}' in metrics
+    assert "hybridrec_stage_seconds_bucket" in metrics
+
+
+def test_known_user_gets_unseen_original_ids_with_reasons_and_timings(served):
+    view = served["view"]
+    user = 7
+    hist = view.split.history(view.stage)
+    seen = set(view.dataset.item_ids[hist[hist["user_id"] == user]["item_id"].to_numpy()].astype(str))
+    r = post(served["url"], {"user_id": str(view.dataset.user_ids[user]), "k": 10})
+    assert r.status_code == 200
+    body = r.json()
+    ids = [i["item_id"] for i in body["items"]]
+    assert len(ids) == 10 and len(set(ids)) == 10 and not set(ids) & seen
+    assert set(ids) <= set(view.dataset.item_ids.astype(str))
+    assert [i["position"] for i in body["items"]] == list(range(10))
+    assert all(i["reasons"] for i in body["items"]) and body["known_user"] and body["degraded"] == []
+    assert body["arm"] in ("control", "no-recall") and body["experiment"] == "e2e"
+    assert {"retrieve", "pool", "rank", "rerank", "total", "channel.popularity"} <= set(body["timings_ms"])
+    assert body["history_used"] == len(seen)
+
+
+def test_arm_assignment_is_sticky_and_forcible(served):
+    url, users = served["url"], [str(u) for u in served["view"].dataset.user_ids[:40]]
+    first = {u: post(url, {"user_id": u, "k": 2}).json()["arm"] for u in users}
+    again = {u: post(url, {"user_id": u, "k": 2}).json()["arm"] for u in users}
+    assert first == again and set(first.values()) == {"control", "no-recall"}
+    forced = post(url, {"user_id": users[0], "k": 20, "arm": "control"}).json()
+    assert forced["arm"] == "control"
+    assert any("channel:recall" in i["reasons"] for i in forced["items"])
+    no_recall = post(url, {"user_id": users[0], "k": 20, "arm": "no-recall"}).json()
+    assert not any("channel:recall" in i["reasons"] for i in no_recall["items"])
+
+
+def test_unknown_users_and_empty_or_unknown_histories_get_a_list(served):
+    url, items = served["url"], served["view"].dataset.item_ids.astype(str)
+    for body in ({}, {"user_id": "nobody-here", "k": 5}, {"history": [], "k": 5}, {"history": ["zz-unknown", items[3]], "k": 5}):
+        r = post(url, body)
+        assert r.status_code == 200, (body, r.text)
+        out = r.json()
+        assert len(out["items"]) == body.get("k", 10) and out["known_user"] is False
+    out = post(url, {"history": ["zz-unknown", items[3], 12345], "k": 5}).json()
+    assert out["ignored_items"] == ["zz-unknown", "12345"] and out["history_used"] == 1
+    assert items[3] not in {i["item_id"] for i in out["items"]}
+
+
+HOSTILE = [
+    (b"{", "application/json"), (b"not json", "application/json"), (b"", "application/json"), (b"[]", "application/json"),
+    (b"null", "application/json"), (b"42", "application/json"), (b'"text"', "application/json"),
+    (b'{"k": 5}', "text/plain"), (b"k=5", "application/x-www-form-urlencoded"), (b"\xff\xfe\x00", "application/json"),
+    (b'{"k": NaN}', "application/json"), (b'{"k": Infinity}', "application/json"), (b'{"k": 1e400}', "application/json"),
+    (b'{"k": 5, "k": "x"}', "application/json"), (b'{"context": {"a": NaN}}', "application/json"),
+    (b"{" * 5000 + b"}" * 5000, "application/json"), (b'{"history": ' + b"[" * 3000 + b"]" * 3000 + b"}", "application/json"),
+    (b'{"user_id": "' + b"a" * 70000 + b'"}', "application/json"),
+]
+BAD_BODIES = [
+    {"k": 0}, {"k": -1}, {"k": 101}, {"k": 10**30}, {"k": "10"}, {"k": 2.5}, {"k": None}, {"k": True}, {"k": [1]},
+    {"user_id": ""}, {"user_id": 1.5}, {"user_id": ["a"]}, {"user_id": {"id": 1}}, {"user_id": True}, {"user_id": -3},
+    {"user_id": "x" * 300}, {"history": "i1"}, {"history": [None]}, {"history": [1.5]}, {"history": [{"id": 1}]},
+    {"history": [""]}, {"history": ["i"] * 201}, {"history": {"a": 1}}, {"context": []}, {"context": "x"},
+    {"context": {"a": [1]}}, {"context": {"a": {"b": 1}}}, {"context": {"a": None}}, {"context": {"": 1}},
+    {"context": {f"k{i}": i for i in range(17)}}, {"context": {"a": "v" * 300}}, {"arm": "no-such-arm"},
+    {"arm": ""}, {"arm": 3}, {"unknown_field": 1}, {"K": 5}, {"user_id": "u1", "extra": {"x": 1}},
+]
+
+
+def test_hostile_and_malformed_requests_get_4xx_with_a_message(served):
+    url = served["url"]
+    answers = [requests.post(f"{url}/recommend", data=raw, headers={"Content-Type": ct}, timeout=30) for raw, ct in HOSTILE]
+    answers += [post(url, body) for body in BAD_BODIES]
+    answers += [
+        requests.get(f"{url}/recommend", timeout=10), requests.put(f"{url}/recommend", json={}, timeout=10),
+        requests.post(f"{url}/nowhere", json={}, timeout=10), requests.post(f"{url}/feedback", json={"request_id": "x"}, timeout=10),
+        requests.post(f"{url}/feedback", json={"request_id": "x", "item_id": "i1", "event": "DROP TABLE"}, timeout=10),
+    ]
+    assert len(answers) >= 40
+    for n, r in enumerate(answers):
+        assert 400 <= r.status_code < 500, (n, r.status_code, r.text[:200])
+        body = r.json()
+        assert isinstance(body["error"], str) and body["error"], (n, body)
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # still standing
+
+
+def _wait_for_lines(folder: Path, prefix: str, n: int, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        lines = sum(len(p.read_text().splitlines()) for p in folder.glob(f"{prefix}-*.jsonl"))
+        if lines >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} {prefix} log lines after {timeout}s")
+
+
+def test_replay_logs_feedback_and_ab_report(served):
+    summary = replay(served["url"], served["run"], n_users=80, k=20, seed=1)
+    assert summary.requests == 80 and summary.errors == 0 and summary.clicks > 0
+    assert set(summary.by_arm) == {"control", "no-recall"}
+    _wait_for_lines(served["logs"], "feedback", summary.clicks)
+    served_lists = load_served(served["logs"])
+    record = served_lists.iloc[-1]
+    assert len(record["items"]) == 20 and record["request_id"] and record["arm"] in ("control", "no-recall")
+    rep = report(served_lists, load_feedback(served["logs"]), n_boot=200)
+    assert rep["control"] == "control" and set(rep["arms"]) == {"control", "no-recall"}
+    total_clicks = sum(round(e["clicks_per_list"] * e["lists"]) for e in rep["arms"].values())
+    assert total_clicks == summary.clicks
+    for e in rep["arms"].values():
+        assert e["ctr_ci"][0] <= e["ctr"] <= e["ctr_ci"][1]
+    assert "vs_control" in rep["arms"]["no-recall"] and "CTR" in format_report(rep)
+
+
+def test_faults_degrade_within_budget_and_recover(served):
+    from pipeline.serving import app
+
+    url, raw = served["url"], served["raw"]
+    try:
+        app.update(served["run"], parse_serve_config(_cfg(raw["http"]["port"], served["logs"], raw["extra_channels"][0]["params"]["url"],
+                                                          {"item2item": {"error_rate": 1.0}, "popularity": {"delay_ms": 1500}})))
+        t = time.perf_counter()
+        body = post(url, {"user_id": str(served["view"].dataset.user_ids[3]), "k": 10, "arm": "no-recall"}).json()
+        elapsed = time.perf_counter() - t
+        assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is True
+        assert len(body["items"]) == 10 and elapsed < 1.2  # the popularity budget is 300 ms; its delay 1.5 s
+        body = post(url, {"k": 5, "arm": "control"}).json()
+        assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is False
+        assert all("channel:recall" in i["reasons"] for i in body["items"])
+    finally:
+        app.update(served["run"], parse_serve_config(raw))
+    assert post(url, {"k": 5}).json()["degraded"] == []
+
+
+def test_rolling_update_to_new_artifacts_under_traffic_fails_no_request(served, tmp_path):
+    import threading
+
+    from pipeline.config import parse_config
+    from pipeline.serving import app
+    from pipeline.workflow import train
+    from tests.test_serving_support import TINY
+
+    retrained = dict(TINY, channels=[TINY["channels"][0], {**TINY["channels"][1], "params": {"window": 5}}])
+    new_run = train(parse_config(retrained), run_dir=tmp_path / "run-b")
+    url, users = served["url"], [str(u) for u in served["view"].dataset.user_ids[:50]]
+    statuses, stop = [], threading.Event()
+
+    def traffic() -> None:
+        with requests.Session() as s:
+            n = 0
+            while not stop.is_set() and n < 2000:  # bounded
+                statuses.append(s.post(f"{url}/recommend", json={"user_id": users[n % 50], "k": 5}, timeout=30).status_code)
+                n += 1
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        time.sleep(0.5)
+        app.update(new_run, parse_serve_config(served["raw"]))
+        deadline = time.time() + 30
+        while requests.get(f"{url}/healthz", timeout=10).json()["run"] != str(new_run.resolve()) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        sender.join()
+    assert len(statuses) > 10 and set(statuses) == {200}
+    assert requests.get(f"{url}/healthz", timeout=10).json()["run"] == str(new_run.resolve())
+    assert post(url, {"user_id": users[0], "k": 5}).json()["degraded"] == []

@@ -1,0 +1,246 @@
+"""The ingress logic without Ray: the FastAPI app around `RecommendService` with every stage in
+process (`LocalBackends`), driven by a TestClient. Budgets, degradation, fallback, limits, logs."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeline.config import ConfigError
+from pipeline.serving.api import RecommendRequest
+from pipeline.serving.components import Fault, LocalBackends, stack_batches
+from pipeline.serving.config import load_serve_config, parse_serve_config
+from pipeline.serving.eventlog import EventLog, read_events
+from pipeline.serving.routes import create_app
+from pipeline.serving.runview import RunView
+from pipeline.serving.service import IngressState, RecommendService, resolve
+from pipeline.types import RequestBatch
+from tests.test_serving_support import tiny_run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("svc") / "run")
+
+
+def _service(run_dir, tmp_path, **raw):
+    cfg = parse_serve_config({"logging": {"dir": str(tmp_path / "logs")}, **raw})
+    view = RunView.open(run_dir, cfg.extra_channels)
+    state = IngressState.build(view, cfg)
+    backends = LocalBackends(view, cfg)
+    service = RecommendService(state, backends, cfg)
+    return service, backends, TestClient(create_app(service, cfg.limits.max_body_bytes)), view
+
+
+def test_answer_matches_the_in_process_cascade(run_dir, tmp_path):
+    from pipeline.types import Request
+    from pipeline.workflow import load_run
+
+    service, _, client, view = _service(run_dir, tmp_path)  # the ingress asks at wall-clock time
+    run = load_run(run_dir)
+    hist = view.split.history(view.stage)
+    rows = hist[hist["user_id"] == 4]
+    body = client.post("/recommend", json={"user_id": str(view.dataset.user_ids[4]), "k": 10}).json()
+    rec = run.cascade.recommend(Request(user=4, history=rows["item_id"].to_numpy(np.int64),
+                                        history_times=rows["timestamp"].to_numpy(np.int64), k=10, now=int(time.time())))
+    assert [i["item_id"] for i in body["items"]] == view.dataset.item_ids[rec.items].astype(str).tolist()
+    assert body["arm"] == "default" and body["experiment"] is None
+    service.state.served_log.close()
+
+
+def test_slow_channel_is_dropped_within_its_budget(run_dir, tmp_path):
+    service, backends, client, _ = _service(run_dir, tmp_path, channels={"item2item": {"budget_ms": 80}})
+    backends.channels["item2item"].fault = Fault(delay_ms=2000)
+    body = client.post("/recommend", json={"user_id": "nobody", "history": ["i1", "i2"], "k": 5}).json()
+    assert body["degraded"] == ["item2item"] and len(body["items"]) == 5 and not body["fallback"]
+    assert body["timings_ms"]["channel.item2item"] < 500 and body["timings_ms"]["total"] < 1000
+    assert all(i["reasons"] == ["channel:popularity"] for i in body["items"])
+    metrics = client.get("/metrics").text
+    assert 'hybridrec_degraded_total{component="item2item",reason="timeout"} 1.0' in metrics
+
+
+def test_every_channel_down_popularity_answers_from_the_ingress(run_dir, tmp_path):
+    service, backends, client, _ = _service(run_dir, tmp_path)
+    for component in backends.channels.values():
+        component.fault = Fault(error_rate=1.0)
+    body = client.post("/recommend", json={"k": 7}).json()
+    assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is True
+    assert len(body["items"]) == 7 and body["items"][0]["reasons"] == ["channel:popularity"]
+
+
+def test_failing_ranker_and_reranker_keep_the_pool_order(run_dir, tmp_path):
+    service, backends, client, _ = _service(run_dir, tmp_path)
+
+    def boom(*a, **k):
+        raise RuntimeError("model server down")
+
+    backends.ranker.score_many = boom
+    backends.reranker.rerank_many = boom
+    body = client.post("/recommend", json={"history": ["i3"], "k": 5}).json()
+    assert body["degraded"] == ["ranker", "reranker"] and len(body["items"]) == 5
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_short_lists_are_topped_up_from_popularity(run_dir, tmp_path):
+    service, _, client, _ = _service(run_dir, tmp_path, experiment={"name": "x", "salt": "s", "arms": [
+        {"name": "i2i-only", "weight": 1, "channels": ["item2item"]}]})
+    body = client.post("/recommend", json={"k": 8}).json()  # anonymous, no history: item2item finds nothing
+    assert len(body["items"]) == 8 and {tuple(i["reasons"]) for i in body["items"]} == {("backfill:popularity",)}
+    assert all(i["score"] is None for i in body["items"])
+
+
+def test_configured_limits_below_the_schema_are_enforced(run_dir, tmp_path):
+    _, _, client, _ = _service(run_dir, tmp_path, limits={"max_k": 20, "max_history": 3, "max_body_bytes": 2048})
+    assert client.post("/recommend", json={"k": 21}).status_code == 422
+    r = client.post("/recommend", json={"history": ["a", "b", "c", "d"]})
+    assert r.status_code == 422 and "at most 3" in r.json()["error"]
+    r = client.post("/recommend", content=b'{"history": ["' + b"x" * 3000 + b'"]}', headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_chunked_body_over_the_limit_is_413(run_dir, tmp_path):
+    _, _, client, _ = _service(run_dir, tmp_path, limits={"max_body_bytes": 1024})
+
+    def chunks():
+        for _ in range(10):
+            yield b" " * 500
+
+    r = client.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "1024 bytes" in r.json()["error"]
+
+
+def test_served_lists_are_logged_with_positions(run_dir, tmp_path):
+    service, _, client, view = _service(run_dir, tmp_path)
+    ids = [client.post("/recommend", json={"user_id": str(u), "k": 3}).json()["request_id"] for u in view.dataset.user_ids[:5]]
+    fb = client.post("/feedback", json={"request_id": ids[0], "item_id": "i1", "user_id": "u0"})
+    assert fb.status_code == 202 and fb.json() == {"accepted": True}
+    service.state.served_log.close()
+    service.state.feedback_log.close()
+    served = list(read_events(tmp_path / "logs", "served"))
+    assert [r["request_id"] for r in served] == ids
+    assert served[0]["positions"] == [0, 1, 2] and len(served[0]["items"]) == 3 and served[0]["arm"] == "default"
+    assert [r["item_id"] for r in read_events(tmp_path / "logs", "feedback")] == ["i1"]
+
+
+def test_event_log_rotates_and_never_blocks(tmp_path):
+    log = EventLog(tmp_path, "served", rotate_bytes=200, queue_size=100000)
+    for n in range(50):
+        assert log.write({"n": n, "pad": "x" * 20})
+    log.close()
+    assert len(log.files()) > 3
+    assert [r["n"] for r in read_events(tmp_path, "served")] == list(range(50))
+    tiny = EventLog(tmp_path / "q", "served", queue_size=1)
+    tiny._ensure_started = lambda: None  # no writer: the queue fills up
+    assert tiny.write({"a": 1}) and not tiny.write({"a": 2}) and tiny.dropped == 1
+
+
+def test_resolve_appends_sent_history_and_reports_unknown_ids(run_dir, tmp_path):
+    service, _, _, view = _service(run_dir, tmp_path)
+    req = RecommendRequest(user_id=str(view.dataset.user_ids[2]), history=["i5", "nope", 7])
+    res = resolve(req, service.state, now=10**10)
+    stored = service.state.histories.of_user(2)[0]
+    assert res.user == 2 and res.ignored == ["nope", "7"]
+    assert res.batch.history_of(0).tolist() == (stored.tolist() + [view.dataset.item_ids.tolist().index("i5")])[-50:]
+    assert res.batch.now[0] == 10**10
+
+
+def test_stack_batches_repads_rows():
+    a = RequestBatch.from_sequences([1], [np.array([3, 4])], [np.array([10, 20])], now=[30])
+    b = RequestBatch.from_sequences([None], [np.array([5, 6, 7])], [np.array([1, 2, 3])], now=[4])
+    both = stack_batches([a, b])
+    assert both.history.shape == (2, 3) and both.history_of(0).tolist() == [3, 4] and both.history_of(1).tolist() == [5, 6, 7]
+    assert both.users.tolist() == [1, -1] and both.now.tolist() == [30, 4] and both.history_times[0].tolist() == [0, 10, 20]
+
+
+def test_serving_config_errors_name_the_key(tmp_path, run_dir):
+    with pytest.raises(ConfigError, match="ingres: unknown key"):
+        parse_serve_config({"ingres": {}})
+    with pytest.raises(ConfigError, match="channel_defaults.num_cpus"):
+        parse_serve_config({"channel_defaults": {"num_cpus": -1}})
+    with pytest.raises(ConfigError, match="arm names must be unique"):
+        parse_serve_config({"experiment": {"name": "e", "salt": "s", "arms": [{"name": "a", "weight": 1}, {"name": "a", "weight": 1}]}})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_serve_config(tmp_path / "missing.yaml")
+    assert load_serve_config("configs/serving.yaml").http.host == "127.0.0.1"
+    bad_arm = parse_serve_config({"experiment": {"name": "e", "salt": "s", "arms": [{"name": "a", "weight": 1, "channels": ["ghost"]}]}})
+    with pytest.raises(ConfigError, match="unknown channel"):
+        IngressState.build(RunView.open(run_dir), bad_arm, with_logs=False)
+
+
+def test_channels_named_in_config_must_exist(run_dir):
+    pytest.importorskip("ray.serve")
+    from pipeline.serving.app import check
+
+    with pytest.raises(ConfigError, match="not in the run"):
+        check(run_dir, parse_serve_config({"channels": {"ghost": {}}}))
+
+
+def test_warmup_touches_every_stage(run_dir, tmp_path):
+    service, backends, _, _ = _service(run_dir, tmp_path)
+    calls = []
+    original = backends.retrieve
+
+    async def counting(channel, batch, k, run):
+        calls.append(channel)
+        return await original(channel, batch, k, run)
+
+    backends.retrieve = counting
+    assert asyncio.run(service.warmup(max_rounds=5)) == 2  # a clean second round ends it
+    assert sorted(calls) == ["item2item", "item2item", "popularity", "popularity"]
+    assert not list((tmp_path / "logs").glob("served-*.jsonl"))  # warm-up is not logged
+
+
+def test_openapi_schema_documents_the_api(run_dir, tmp_path):
+    _, _, client, _ = _service(run_dir, tmp_path)
+    schema = client.get("/openapi.json").json()
+    req = schema["components"]["schemas"]["RecommendRequest"]
+    assert req["additionalProperties"] is False and req["properties"]["k"]["maximum"] == 100
+    assert "422" in schema["paths"]["/recommend"]["post"]["responses"]
+    json.dumps(schema)
+
+
+def test_a_run_swapped_in_keeps_answering_and_drops_stages_built_from_other_data(run_dir, tmp_path):
+    from pipeline.config import parse_config
+    from pipeline.workflow import train
+    from tests.test_serving_support import TINY
+
+    service, _, client, view = _service(run_dir, tmp_path)
+    other = dict(TINY, data={"source": "synthetic", "synthetic": {"n_users": 120, "n_items": 90, "seed": 9}})
+    new_view = RunView.open(train(parse_config(other), run_dir=tmp_path / "other"))
+    old = service.swap(IngressState.build(new_view, service.cfg, with_logs=False))
+    assert old is not None and old.fingerprint != new_view.fingerprint
+    body = client.post("/recommend", json={"user_id": str(new_view.dataset.user_ids[1]), "k": 5}).json()
+    assert sorted(body["degraded"]) == ["item2item", "popularity", "ranker", "reranker"] and body["fallback"] is True
+    assert len(body["items"]) == 5 and {i["item_id"] for i in body["items"]} <= set(new_view.dataset.item_ids.astype(str))
+    assert client.get("/healthz").json()["run"] == str(new_view.path)
+    service.swap(old)
+    assert client.post("/recommend", json={"k": 5}).json()["degraded"] == []
+
+
+def test_the_runs_trained_ranker_serves_and_matches_the_in_process_cascade(tmp_path):
+    pytest.importorskip("lightgbm")
+    from pipeline.config import parse_config
+    from pipeline.types import Request
+    from pipeline.workflow import load_run, train
+    from tests.test_serving_support import TINY
+
+    run_dir = train(parse_config(dict(TINY, ranker={"kind": "lgbm", "params": {"n_estimators": 30}})), run_dir=tmp_path / "run")
+    arms = [{"name": "trained", "weight": 1}, {"name": "plain", "weight": 1, "ranker": {"kind": "passthrough"}}]
+    service, _, client, view = _service(run_dir, tmp_path, experiment={"name": "e", "salt": "s", "arms": arms})
+    user = str(view.dataset.user_ids[3])
+    trained = client.post("/recommend", json={"user_id": user, "k": 5, "arm": "trained"}).json()
+    plain = client.post("/recommend", json={"user_id": user, "k": 5, "arm": "plain"}).json()
+    assert trained["degraded"] == [] == plain["degraded"]
+    hist = view.split.history(view.stage)
+    rows = hist[hist["user_id"] == 3]
+    rec = load_run(run_dir).cascade.recommend(Request(user=3, history=rows["item_id"].to_numpy(np.int64),
+                                                      history_times=rows["timestamp"].to_numpy(np.int64), k=5, now=int(time.time())))
+    assert [i["item_id"] for i in trained["items"]] == view.dataset.item_ids[rec.items].astype(str).tolist()
+    assert [i["item_id"] for i in trained["items"]] != [i["item_id"] for i in plain["items"]]
+    with pytest.raises(ConfigError, match="must be trained"):
+        view.build_ranker(parse_config(dict(TINY, ranker={"kind": "lgbm"})).ranker.model_copy(update={"params": {"n_estimators": 5}}))
