@@ -14,6 +14,8 @@ CHANNEL_KINDS: dict[str, str] = {
     "popularity": "channels.popularity:PopularityChannel",
     "item2item": "channels.item2item:ItemToItemChannel",
     "table": "channels.table:CandidateTableChannel",
+    "cobra": "channels.cobra.channel:CobraChannel",
+    "two_tower": "channels.two_tower.channel:TwoTowerChannel",
     "http": "channels.http_channel:HttpChannel",
 }
 

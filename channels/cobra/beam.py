@@ -1,0 +1,198 @@
+"""Trie-constrained beam search over semantic IDs, and the scoring of the items behind the beams.
+
+`beam_search` decodes the ID level by level for a batch of requests at once: at level l every
+beam's logits are masked to the codes that extend its prefix to an existing one (`CodeTrie.child`),
+renormalised (log-softmax over the valid codes) and added to the beam's log-probability; the best
+`beam_size` (beam, code) pairs of each request survive. It can therefore never emit a code that no
+item has. `fuse` then scores the candidate items of every beam:
+- sparse only (TIGER / cobra_sparse): log P(ID) + log P(item | ID), the second term a popularity
+  prior inside the ID (0 when IDs are unique);
+- BeamFusion (COBRA): the items inside each beam's ID, plus optionally the `catalog_neighbors`
+  nearest items of the beam's dense vector in the whole catalog (faiss), scored
+      sparse_weight * log softmax_beams(tau * log P(ID)) + dense_weight * log softmax_cands(psi * cos(v_hat, v_item)),
+  i.e. the product Softmax(tau phi(ID)) x Softmax(psi cos) of the COBRA paper when both weights are 1.
+Candidates are kept flat (request, beam, item) so that the cost follows the number of real
+candidates, not the largest ID. An item reached by several beams keeps its best score; seen items
+are removed; top k per request.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from channels.cobra.model import CobraModel
+from channels.cobra.trie import CodeTrie
+from pipeline.types import PAD, Retrieved
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    beam_size: int = 20
+    catalog_neighbors: int = 0  # per beam, nearest items of v_hat in the whole catalog (COBRA only)
+    tau: float = 1.0  # beam-score temperature (multiplies log P(ID) before the softmax over beams)
+    psi: float = 20.0  # dense-similarity scale (multiplies the cosine before the softmax)
+    sparse_weight: float = 1.0
+    dense_weight: float = 1.0
+    max_leaf_items: int | None = None  # cap on the items read from one ID (None: all)
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+
+
+@dataclass(frozen=True)
+class Beams:
+    codes: torch.Tensor  # int64 (B, W, L)
+    logp: torch.Tensor  # float (B, W); -inf for beams that do not exist (fewer valid IDs than W)
+    leaf: torch.Tensor  # int64 (B, W); leaf id in the trie, -1 for dead beams
+    state: torch.Tensor  # float (B, W, d); the head state after the full ID
+    dense_state: torch.Tensor  # float (B, W, d); the state the dense head reads (after dense_after levels)
+
+
+@torch.no_grad()
+def beam_search(model: CobraModel, h: torch.Tensor, trie: CodeTrie, beam_size: int) -> Beams:
+    """Decode the best `beam_size` existing IDs for each history state h (B, d)."""
+    b, d = h.shape
+    prefix = torch.zeros(b, 1, dtype=torch.long)  # (B, w): trie node of each beam
+    logp = torch.zeros(b, 1)  # (B, w)
+    state = h[:, None, :]  # (B, w, d)
+    codes = torch.zeros(b, 1, 0, dtype=torch.long)  # (B, w, l)
+    dense_state = state
+    for level, table in enumerate(trie.child):
+        k = table.shape[1]
+        child = table[prefix.clamp(min=0)]  # (B, w, K): next node per code, -1 if absent
+        valid = (child >= 0) & (prefix >= 0)[..., None]  # (B, w, K)
+        logits = model.code_logits(state, level).float()  # (B, w, K)
+        lp = torch.log_softmax(logits.masked_fill(~valid, -1e9), dim=-1).masked_fill(~valid, NEG_INF)
+        total = (logp[..., None] + lp).reshape(b, -1)  # (B, w*K)
+        width = min(beam_size, total.shape[1])
+        top, idx = total.topk(width, dim=1)  # (B, W)
+        parent, code = idx // k, idx % k  # (B, W)
+        prefix = child.reshape(b, -1).gather(1, idx).masked_fill(top == NEG_INF, -1)  # (B, W)
+        state = state.gather(1, parent[..., None].expand(-1, -1, d))  # (B, W, d)
+        state = model.condition(state, level, code)
+        dense_state = state if level + 1 == model.cfg.dense_after else dense_state.gather(1, parent[..., None].expand(-1, -1, d))
+        codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, codes.shape[2])), code[..., None]], dim=2)
+        logp = top
+    return Beams(codes, logp, prefix, state, dense_state)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The items behind a batch's beams, flat: candidate t is item `items[t]` reached by beam
+    `beams[t]` of request `rows[t]`; `cos` is its cosine with that beam's dense vector (COBRA)."""
+
+    beam_logp: np.ndarray  # float64 (B, W)
+    rows: np.ndarray  # int64 (T,)
+    beams: np.ndarray  # int64 (T,)
+    items: np.ndarray  # int64 (T,)
+    cos: np.ndarray | None = None  # float32 (T,)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.beam_logp.shape[0])
+
+    def subset(self, keep: np.ndarray) -> "Candidates":
+        return Candidates(self.beam_logp, self.rows[keep], self.beams[keep], self.items[keep],
+                          None if self.cos is None else self.cos[keep])
+
+
+def leaf_candidates(beams: Beams, trie: CodeTrie, max_leaf_items: int | None = None) -> Candidates:
+    """Every item inside the ID of every live beam (at most max_leaf_items per ID)."""
+    leaf = beams.leaf.numpy().reshape(-1)  # (B*W,)
+    b, w = beams.leaf.shape
+    live = np.flatnonzero(leaf >= 0)
+    start = trie.leaf_ptr[leaf[live]]
+    count = trie.leaf_ptr[leaf[live] + 1] - start
+    if max_leaf_items is not None:
+        count = np.minimum(count, max_leaf_items)
+    slot = np.repeat(live, count)  # (T,) flat beam slot
+    first = np.repeat(np.cumsum(count) - count, count)
+    items = trie.leaf_items[np.repeat(start, count) + np.arange(slot.size) - first]
+    return Candidates(beams.logp.numpy().astype(np.float64), slot // w, slot % w, items.astype(np.int64))
+
+
+def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index, n: int) -> Candidates:
+    """Add the n nearest catalog items of every live beam's dense vector (faiss search)."""
+    b, w, dim = v_hat.shape
+    live = np.flatnonzero(np.isfinite(cands.beam_logp.reshape(-1)))
+    n = min(n, index.ntotal)
+    if n <= 0 or live.size == 0:
+        return cands
+    _, nb = index.search(np.ascontiguousarray(v_hat.reshape(-1, dim)[live], np.float32), n)  # (live, n)
+    slot = np.repeat(live, n)
+    items = nb.reshape(-1).astype(np.int64)
+    ok = items >= 0
+    return Candidates(cands.beam_logp, np.r_[cands.rows, slot[ok] // w], np.r_[cands.beams, slot[ok] % w],
+                      np.r_[cands.items, items[ok]], cands.cos)
+
+
+def with_cosine(cands: Candidates, v_hat: np.ndarray, item_vecs: np.ndarray) -> Candidates:
+    """Attach cos(v_hat of the candidate's beam, item vector) (both normalised)."""
+    vh = torch.from_numpy(np.ascontiguousarray(v_hat))[torch.from_numpy(cands.rows), torch.from_numpy(cands.beams)]  # (T, D)
+    iv = torch.from_numpy(item_vecs)[torch.from_numpy(cands.items)]  # (T, D)
+    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, (vh * iv).sum(-1).numpy())
+
+
+def drop_seen(cands: Candidates, history: np.ndarray, n_items: int) -> Candidates:
+    """Remove candidates that are in their request's history."""
+    rows_h, cols_h = np.nonzero(history != PAD)
+    seen = rows_h.astype(np.int64) * n_items + history[rows_h, cols_h]
+    return cands.subset(~np.isin(cands.rows * n_items + cands.items, seen))
+
+
+def _segment_log_softmax(x: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """log softmax of x within each row group (x, rows: (T,))."""
+    xt, rt = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(rows)
+    m = torch.full((n_rows,), float("-inf"), dtype=torch.float64).scatter_reduce(0, rt, xt, "amax")
+    z = torch.zeros(n_rows, dtype=torch.float64).index_add(0, rt, torch.exp(xt - m[rt]))
+    return (xt - m[rt] - torch.log(z[rt])).numpy()
+
+
+def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    finite = np.isfinite(x)
+    m = np.max(np.where(finite, x, -np.inf), axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    z = np.where(finite, np.exp(x - m), 0.0).sum(axis=axis, keepdims=True)
+    return np.where(finite, x - m - np.log(np.maximum(z, 1e-30)), NEG_INF)
+
+
+def fusion_scores(cands: Candidates, cfg: BeamConfig) -> np.ndarray:
+    """BeamFusion: sparse_weight * log softmax_W(tau * logP(ID)) + dense_weight * log softmax_cands(psi * cos)."""
+    beam = _log_softmax(cfg.tau * cands.beam_logp, axis=1)[cands.rows, cands.beams]  # (T,)
+    dense = _segment_log_softmax(cfg.psi * cands.cos, cands.rows, cands.n_rows)  # (T,)
+    return (cfg.sparse_weight * beam + cfg.dense_weight * dense).astype(np.float32)
+
+
+def sparse_scores(cands: Candidates, log_prior: np.ndarray) -> np.ndarray:
+    """log P(ID) + log P(item | ID) (the sparse-only modes)."""
+    return (cands.beam_logp[cands.rows, cands.beams] + log_prior[cands.items]).astype(np.float32)
+
+
+def top_unique(cands: Candidates, scores: np.ndarray, k: int) -> Retrieved:
+    """Per request: the best k distinct items (an item's best score counts), best first, ties by
+    lower item id; PAD / -inf padded."""
+    b = cands.n_rows
+    out_items = np.full((b, max(k, 0)), PAD, np.int64)
+    out_scores = np.full((b, max(k, 0)), NEG_INF, np.float32)
+    keep = np.isfinite(scores)
+    rows, its, sc = cands.rows[keep], cands.items[keep], scores[keep]
+    if k <= 0 or its.size == 0:
+        return Retrieved(out_items, out_scores)
+    order = np.lexsort((-sc, its, rows))  # by row, item, best score first
+    rows, its, sc = rows[order], its[order], sc[order]
+    first = np.r_[True, (rows[1:] != rows[:-1]) | (its[1:] != its[:-1])]
+    rows, its, sc = rows[first], its[first], sc[first]
+    order = np.lexsort((its, -sc, rows))  # by row, best score, lower item id
+    rows, its, sc = rows[order], its[order], sc[order]
+    starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
+    rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    take = rank < k
+    out_items[rows[take], rank[take]] = its[take]
+    out_scores[rows[take], rank[take]] = sc[take]
+    return Retrieved(out_items, out_scores)

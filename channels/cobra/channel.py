@@ -1,0 +1,363 @@
+"""CobraChannel: generative retrieval with semantic IDs (sparse) and dense item vectors.
+
+Modes (`mode`):
+- 'cobra': the model reads codes + dense vectors, predicts the ID level by level and then a dense
+  vector; retrieval = constrained beam search + BeamFusion (see beam.py);
+- 'cobra_sparse': the same tokenizer, a sparse-only model; items inside an ID ranked by a
+  popularity prior;
+- 'tiger': sparse only with unique IDs (an extra disambiguation level).
+fit: content vectors (encoder.py) -> semantic IDs (semantic_ids.py / rqvae.py) and their report
+-> model training (train.py; early stopping on FitData.valid while fitting on valid_history when
+given) -> item vectors and the faiss index. `add_items(frame)` gives new items a code and a dense
+vector from content and makes them retrievable at once. Artifacts: params.json, model.pt
+(state_dict, loaded weights_only), codes/active/popularity .npy, features_*.npy, encoder/ and
+quantizer/ folders (JSON + .npy), item_raw.npy, index.faiss, semantic_ids_report.json. No pickle.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from channels.cobra.beam import (
+    BeamConfig, Candidates, beam_search, drop_seen, fusion_scores, leaf_candidates, neighbor_candidates, sparse_scores,
+    top_unique, with_cosine,
+)
+from channels.cobra.catalog import IndexConfig, build_index, encode_items, leaf_log_prior, load_index, normalize, save_index
+from channels.cobra.encoder import ContentEncoder, EncoderConfig
+from channels.cobra.features import ItemFeatures, build_features, price_edges
+from channels.cobra.model import CobraModel, ModelConfig
+from channels.cobra.requests import valid_callback
+from channels.cobra.semantic_ids import IdConfig, code_report, disambiguate, group_ids, make_quantizer, load_quantizer
+from channels.cobra.train import TrainConfig, build_windows, fit_model
+from channels.cobra.trie import CodeTrie
+from pipeline.artifacts import atomic_write_json, read_json
+from pipeline.protocols import FitData
+from pipeline.types import PAD, RequestBatch, Retrieved
+
+MODES = ("cobra", "cobra_sparse", "tiger")
+
+
+class CobraChannel:
+    def __init__(
+        self, *, name: str = "cobra", mode: str = "cobra",
+        text: str = "tfidf", svd_dim: int = 64, min_df: int = 1, sentence_model: str | None = None,
+        collab: str = "covisit", collab_dim: int = 32, collab_window: int = 3, text_weight: float = 1.0,
+        collab_weight: float = 1.0, collab_vectors_path: str | None = None,
+        quantizer: str = "rkmeans", levels: list[int] | tuple[int, ...] = (256, 256, 256), kmeans_iter: int = 25,
+        disambiguation_size: int | None = None, rqvae_epochs: int = 50, rqvae_hidden: int = 128,
+        rqvae_beta: float = 0.25, rqvae_lr: float = 1e-3,
+        d_model: int = 64, n_layers: int = 2, n_heads: int = 2, d_ff: int = 256, max_len: int = 50,
+        dropout: float = 0.2, dense_dim: int = 64, max_tokens: int = 32, price_buckets: int = 10,
+        id_embedding: bool = False, dense_levels: int | None = None,
+        lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128, max_epochs: int = 40, patience: int = 4,
+        epochs: int = 15, dense_loss_weight: float = 1.0, temperature: float = 0.05, negatives: str = "in_batch",
+        logq: bool = True, id_dropout: float = 0.1, max_train_seconds: float | None = None, valid_users: int | None = 5000,
+        beam_size: int = 20, catalog_neighbors: int = 0, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
+        fusion_sparse_weight: float = 1.0, fusion_dense_weight: float = 1.0, max_leaf_items: int | None = None,
+        index: str = "flat", hnsw_m: int = 32, ef_search: int = 128,
+        num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.name, self.mode = name, mode
+        self.text, self.svd_dim, self.min_df, self.sentence_model = text, svd_dim, min_df, sentence_model
+        self.collab, self.collab_dim, self.collab_window = collab, collab_dim, collab_window
+        self.text_weight, self.collab_weight, self.collab_vectors_path = text_weight, collab_weight, collab_vectors_path
+        self.quantizer, self.levels, self.kmeans_iter = quantizer, [int(x) for x in levels], kmeans_iter
+        self.disambiguation_size, self.rqvae_epochs, self.rqvae_hidden = disambiguation_size, rqvae_epochs, rqvae_hidden
+        self.rqvae_beta, self.rqvae_lr = rqvae_beta, rqvae_lr
+        self.d_model, self.n_layers, self.n_heads, self.d_ff, self.max_len = d_model, n_layers, n_heads, d_ff, max_len
+        self.dropout, self.dense_dim, self.max_tokens, self.price_buckets = dropout, dense_dim, max_tokens, price_buckets
+        self.id_embedding, self.dense_levels = id_embedding, dense_levels
+        self.lr, self.weight_decay, self.batch_size, self.max_epochs = lr, weight_decay, batch_size, max_epochs
+        self.patience, self.epochs, self.dense_loss_weight, self.temperature = patience, epochs, dense_loss_weight, temperature
+        self.negatives, self.logq, self.id_dropout, self.max_train_seconds = negatives, logq, id_dropout, max_train_seconds
+        self.valid_users = valid_users
+        self.beam_size, self.catalog_neighbors, self.fusion_tau, self.fusion_psi = beam_size, catalog_neighbors, fusion_tau, fusion_psi
+        self.fusion_sparse_weight, self.fusion_dense_weight, self.max_leaf_items = fusion_sparse_weight, fusion_dense_weight, max_leaf_items
+        self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
+        self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
+
+    # ---- the small configs handed to each part --------------------------------------------
+    def _params(self) -> dict:
+        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
+
+    @property
+    def dense(self) -> bool:
+        return self.mode == "cobra"
+
+    def encoder_config(self, seed: int) -> EncoderConfig:
+        return EncoderConfig(text=self.text, svd_dim=self.svd_dim, min_df=self.min_df, sentence_model=self.sentence_model,
+                             collab=self.collab, collab_dim=self.collab_dim, collab_window=self.collab_window,
+                             text_weight=self.text_weight, collab_weight=self.collab_weight, seed=seed)
+
+    def id_config(self, seed: int) -> IdConfig:
+        return IdConfig(quantizer=self.quantizer, levels=tuple(self.levels), kmeans_iter=self.kmeans_iter,
+                        disambiguate=self.mode == "tiger", disambiguation_size=self.disambiguation_size, seed=seed,
+                        rqvae_epochs=self.rqvae_epochs, rqvae_hidden=self.rqvae_hidden, rqvae_beta=self.rqvae_beta,
+                        rqvae_lr=self.rqvae_lr)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(lr=self.lr, weight_decay=self.weight_decay, batch_size=self.batch_size,
+                           max_epochs=self.max_epochs, patience=self.patience, epochs=self.epochs,
+                           dense_weight=self.dense_loss_weight, temperature=self.temperature, negatives=self.negatives,
+                           logq=self.logq, id_dropout=self.id_dropout, max_len=self.max_len, seed=seed,
+                           progress=self.progress, max_seconds=self.max_train_seconds)
+
+    def beam_config(self, beam_size: int | None = None) -> BeamConfig:
+        return BeamConfig(beam_size=beam_size or self.beam_size, catalog_neighbors=self.catalog_neighbors,
+                          tau=self.fusion_tau, psi=self.fusion_psi, sparse_weight=self.fusion_sparse_weight,
+                          dense_weight=self.fusion_dense_weight, max_leaf_items=self.max_leaf_items)
+
+    def index_config(self) -> IndexConfig:
+        return IndexConfig(kind=self.index, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
+
+    # ---- fit ------------------------------------------------------------------------------
+    def fit(self, data: FitData) -> "CobraChannel":
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        seed = data.seed if self.seed is None else self.seed
+        tcfg = self.train_config(seed)  # validates the training options before any work
+        with_valid = data.valid is not None and data.valid_history is not None
+        frame = data.valid_history if with_valid else data.train
+        content_dim = self._fit_items(data, frame, seed)
+        self.model_cfg_ = ModelConfig(
+            code_sizes=tuple(self.sizes_), n_tokens=len(getattr(self.encoder_, "vocabulary_", {}) or {}) + 1,
+            content_dim=content_dim, n_price=len(self.price_edges_) + 2, n_items=data.n_items if self.id_embedding else 0,
+            d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_ff=self.d_ff, max_len=self.max_len,
+            dropout=self.dropout, dense=self.dense, dense_dim=self.dense_dim, dense_levels=self.dense_levels)
+        torch.manual_seed(seed)
+        self.model_ = CobraModel(self.model_cfg_)
+        self._refresh()
+        evaluate = valid_callback(self, data.valid_history, data.valid, self.valid_users, seed) if with_valid else None
+        report = fit_model(self.model_, torch.from_numpy(self.codes_), self.features_.to_torch(),
+                           build_windows(frame, self.max_len), self.popularity_, tcfg,
+                           evaluate=(lambda: (self._refresh(), evaluate())[1]) if evaluate else None)
+        self.fit_report_ = {"best_epoch": report.best_epoch, "best": report.best, "epochs": report.epochs,
+                            "seconds": round(report.seconds, 1), "early_stopping": with_valid}
+        self._refresh()
+        return self
+
+    def _fit_items(self, data: FitData, frame: pd.DataFrame, seed: int) -> int:
+        """Content encoder, semantic IDs and their report, item features; returns the content width."""
+        id_cfg = self.id_config(seed)
+        catalog = data.items.sort_values("item_id", kind="stable").reset_index(drop=True)
+        ids, n = catalog["item_id"].to_numpy(np.int64), data.n_items
+        if ids.size and (ids.min() < 0 or ids.max() >= n or np.unique(ids).size != ids.size):
+            raise ValueError(f"channel '{self.name}': items need distinct item_id in [0, {n})")
+        collab_vectors = np.load(self.collab_vectors_path, allow_pickle=False) if self.collab_vectors_path else None
+        self.encoder_ = ContentEncoder(self.encoder_config(seed)).fit(catalog, frame, n, collab_vectors)
+        content = self.encoder_.transform(catalog)
+        self.quantizer_ = make_quantizer(id_cfg).fit(content)
+        base = self.quantizer_.encode(content)  # (C, Lq)
+        self.popularity_ = np.bincount(frame["item_id"].to_numpy(np.int64), minlength=n).astype(np.float64)[:n]
+        self.active_ = np.zeros(n, bool)
+        self.active_[ids] = True
+        codes, self.sizes_ = self._full_codes(base, id_cfg)
+        self.codes_ = np.zeros((n, len(self.sizes_)), np.int64)
+        self.codes_[ids] = codes
+        self.report_ = self._report(base, ids)
+        self.price_edges_ = price_edges(catalog["price"], self.price_buckets) if "price" in catalog else np.zeros(0)
+        feats = build_features(self.encoder_.tfidf(catalog), content, catalog.get("price"), self.price_edges_, ids,
+                               self.popularity_[ids] > 0, self.max_tokens)
+        self.features_ = _empty_features(n, feats).set_rows(ids, feats)
+        return content.shape[1]
+
+    def _full_codes(self, base: np.ndarray, id_cfg: IdConfig) -> tuple[np.ndarray, list[int]]:
+        sizes = [int(s) for s in id_cfg.levels]
+        if not id_cfg.disambiguate:
+            return base, sizes
+        _, group_sizes = group_ids(base)
+        largest = int(group_sizes.max()) if group_sizes.size else 1
+        size = id_cfg.disambiguation_size or max(2, 2 * largest)
+        if size < largest:
+            raise ValueError(f"channel '{self.name}': disambiguation_size {size} < the largest collision group {largest}")
+        return np.concatenate([base, disambiguate(base)[:, None]], axis=1), sizes + [size]
+
+    def _report(self, base: np.ndarray, ids: np.ndarray) -> dict:
+        rep = code_report(base, tuple(self.levels), self.popularity_[ids])
+        rep["mode"] = self.mode
+        rep["quantizer"] = self.quantizer
+        rep["collision_rate_before_disambiguation"] = rep["full_code"]["collision_rate"]
+        rep["unique_after_disambiguation"] = self.mode == "tiger"
+        if self.mode == "tiger":
+            rep["disambiguation_size"] = self.sizes_[-1]
+        return rep
+
+    def _refresh(self) -> None:
+        """Rebuild the trie, the in-ID prior and (COBRA) the item vectors and the index."""
+        self.trie_ = CodeTrie.build(self.codes_, tuple(self.sizes_), self.active_)
+        self.log_prior_ = leaf_log_prior(self.trie_, self.popularity_, self.active_)
+        if self.dense:
+            raw = encode_items(self.model_, self.features_)
+            raw[~self.active_] = 0.0
+            self.item_raw_ = raw
+            self.item_vecs_ = normalize(raw)
+            self.index_ = build_index(self.item_vecs_, np.flatnonzero(self.active_), self.index_config())
+
+    # ---- retrieve -------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
+
+    @torch.no_grad()
+    def history_states(self, history: np.ndarray) -> torch.Tensor:
+        """The model's state after the last history item of every row (B, d)."""
+        hist = history[:, -self.max_len :]
+        real = (hist != PAD) & self.active_[np.maximum(hist, 0)]  # items without a code are skipped
+        used = real.any(axis=0)
+        start = int(np.argmax(used)) if used.any() else hist.shape[1] - 1
+        hist, real = hist[:, start:], real[:, start:]  # drop columns that are padding in every row
+        real_t = torch.from_numpy(real)
+        idx = torch.from_numpy(np.where(real, hist, 0))
+        codes = torch.from_numpy(self.codes_)[idx]  # (B, T, L)
+        dense = torch.from_numpy(self.item_raw_)[idx] if self.dense else None  # (B, T, D)
+        self.model_.eval()
+        return self.model_.encode(codes, dense, real_t)[:, -1]  # (B, d)
+
+    def retrieve(self, batch: RequestBatch, k: int, beam_size: int | None = None) -> Retrieved:
+        self._check_fitted()
+        if len(batch) == 0 or k <= 0:
+            return Retrieved.empty(len(batch), max(k, 0))
+        parts = [self._retrieve_rows(batch.history[lo : lo + self.eval_batch_size], k, beam_size)
+                 for lo in range(0, len(batch), self.eval_batch_size)]
+        return Retrieved(np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts]))
+
+    @torch.no_grad()
+    def candidates(self, history: np.ndarray, beam_size: int | None = None) -> Candidates:
+        """Beam search for a block of histories (B, L) and the unseen items behind the beams
+        (with their dense cosine in COBRA mode); independent of the BeamFusion weights."""
+        cfg = self.beam_config(beam_size)
+        beams = beam_search(self.model_, self.history_states(history), self.trie_, cfg.beam_size)
+        cands = leaf_candidates(beams, self.trie_, cfg.max_leaf_items)
+        if self.dense:
+            v_hat = F.normalize(self.model_.dense_vector(beams.dense_state), dim=-1).numpy()  # (B, W, D)
+            if cfg.catalog_neighbors > 0:
+                cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors)
+            cands = with_cosine(cands, v_hat, self.item_vecs_)
+        return drop_seen(cands, history, len(self.active_))
+
+    def score(self, cands: Candidates, k: int) -> Retrieved:
+        """The top k of the candidates: BeamFusion (COBRA) or log P(ID) + log P(item | ID)."""
+        cfg = self.beam_config()
+        scores = fusion_scores(cands, cfg) if self.dense else sparse_scores(cands, self.log_prior_)
+        return top_unique(cands, scores, k)
+
+    def _retrieve_rows(self, history: np.ndarray, k: int, beam_size: int | None) -> Retrieved:
+        return self.score(self.candidates(history, beam_size), k)
+
+    # ---- new items ------------------------------------------------------------------------
+    def add_items(self, items: pd.DataFrame) -> np.ndarray:
+        """Give items with content but no interactions a code and a dense vector, from content
+        alone, and make them retrievable. item_id: inactive ids < n, or n, n+1, ... in order.
+        Returns their codes (int64 [m, L])."""
+        self._check_fitted()
+        if "item_id" not in items.columns:
+            raise ValueError(f"channel '{self.name}': the items frame needs an 'item_id' column (dense index)")
+        frame = items.reset_index(drop=True)
+        ids = frame["item_id"].to_numpy(np.int64)
+        n = len(self.active_)
+        old, new = ids[ids < n], ids[ids >= n]
+        if np.any(old < 0) or np.any(self.active_[old]) or np.unique(ids).size != ids.size:
+            raise ValueError(f"channel '{self.name}': add_items needs ids not yet in the catalog (got active or negative ids)")
+        if not np.array_equal(np.sort(new), np.arange(n, n + len(new))):
+            raise ValueError(f"channel '{self.name}': new item ids beyond the catalog must be {n}, {n + 1}, ... without gaps")
+        self._grow(n + len(new))
+        content = self.encoder_.transform(frame)
+        base = self.quantizer_.encode(content)
+        codes = base if self.mode != "tiger" else np.concatenate([base, self._next_extra(base)[:, None]], axis=1)
+        self.codes_[ids] = codes
+        self.active_[ids] = True
+        feats = build_features(self.encoder_.tfidf(frame), content, frame.get("price"), self.price_edges_, ids,
+                               np.zeros(len(ids), bool), self.max_tokens)
+        self.features_ = self.features_.set_rows(ids, feats)
+        self.trie_ = CodeTrie.build(self.codes_, tuple(self.sizes_), self.active_)
+        self.log_prior_ = leaf_log_prior(self.trie_, self.popularity_, self.active_)
+        if self.dense:
+            raw = encode_items(self.model_, self.features_, ids)
+            self.item_raw_[ids], self.item_vecs_[ids] = raw, normalize(raw)
+            self.index_.add_with_ids(np.ascontiguousarray(self.item_vecs_[ids]), ids)
+        return codes
+
+    def _grow(self, n: int) -> None:
+        extra = n - len(self.active_)
+        if extra <= 0:
+            return
+        self.active_ = np.r_[self.active_, np.zeros(extra, bool)]
+        self.popularity_ = np.r_[self.popularity_, np.zeros(extra)]
+        self.codes_ = np.concatenate([self.codes_, np.zeros((extra, self.codes_.shape[1]), np.int64)])
+        if self.dense:
+            self.item_raw_ = np.concatenate([self.item_raw_, np.zeros((extra, self.item_raw_.shape[1]), np.float32)])
+            self.item_vecs_ = np.concatenate([self.item_vecs_, np.zeros((extra, self.item_vecs_.shape[1]), np.float32)])
+
+    def _next_extra(self, base: np.ndarray) -> np.ndarray:
+        """TIGER: the first free disambiguation token of each new base code."""
+        used: dict[tuple, int] = {}
+        for code in map(tuple, self.codes_[self.active_]):
+            used[code[:-1]] = max(used.get(code[:-1], -1), code[-1])
+        out = np.zeros(len(base), np.int64)
+        for i, code in enumerate(map(tuple, base)):
+            used[code] = out[i] = used.get(code, -1) + 1
+            if out[i] >= self.sizes_[-1]:
+                raise ValueError(f"channel '{self.name}': code {code} already holds {out[i]} items, the "
+                                 f"disambiguation level has {self.sizes_[-1]}; refit with a larger disambiguation_size")
+        return out
+
+    # ---- persistence ----------------------------------------------------------------------
+    def tokenizer_report(self) -> dict:
+        self._check_fitted()
+        return self.report_
+
+    def save(self, path: Path) -> None:
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model_.state_dict(), path / "model.pt")
+        self.encoder_.save(path / "encoder")
+        self.quantizer_.save(path / "quantizer")
+        for name in ("codes_", "active_", "popularity_", "price_edges_"):
+            np.save(path / f"{name[:-1]}.npy", getattr(self, name), allow_pickle=False)
+        self.features_.save(path)
+        if self.dense:
+            np.save(path / "item_raw.npy", self.item_raw_, allow_pickle=False)
+            save_index(self.index_, path / "index.faiss")
+        model_cfg = asdict(self.model_cfg_) | {"code_sizes": list(self.model_cfg_.code_sizes)}
+        atomic_write_json(path / "semantic_ids_report.json", self.report_)
+        atomic_write_json(path / "params.json", {"params": self._params(), "sizes": self.sizes_, "model": model_cfg,
+                                                 "fit_report": self.fit_report_})
+
+    @classmethod
+    def load(cls, path: Path) -> "CobraChannel":
+        path = Path(path)
+        meta = read_json(path / "params.json")
+        ch = cls(**meta["params"])
+        if ch.num_threads:
+            torch.set_num_threads(ch.num_threads)
+        ch.sizes_, ch.fit_report_ = [int(s) for s in meta["sizes"]], meta["fit_report"]
+        ch.report_ = read_json(path / "semantic_ids_report.json")
+        ch.encoder_ = ContentEncoder.load(path / "encoder")
+        ch.quantizer_ = load_quantizer(path / "quantizer", ch.quantizer)
+        for name in ("codes_", "active_", "popularity_", "price_edges_"):
+            setattr(ch, name, np.load(path / f"{name[:-1]}.npy", allow_pickle=False))
+        ch.features_ = ItemFeatures.load(path)
+        ch.model_cfg_ = ModelConfig(**(meta["model"] | {"code_sizes": tuple(meta["model"]["code_sizes"])}))
+        ch.model_ = CobraModel(ch.model_cfg_)
+        ch.model_.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        ch.model_.eval()
+        ch.trie_ = CodeTrie.build(ch.codes_, tuple(ch.sizes_), ch.active_)
+        ch.log_prior_ = leaf_log_prior(ch.trie_, ch.popularity_, ch.active_)
+        if ch.dense:
+            ch.item_raw_ = np.load(path / "item_raw.npy", allow_pickle=False)
+            ch.item_vecs_ = normalize(ch.item_raw_)
+            ch.index_ = load_index(path / "index.faiss", ch.index_config())
+        return ch
+
+
+def _empty_features(n: int, like: ItemFeatures) -> ItemFeatures:
+    return ItemFeatures(*(np.zeros((n, *a.shape[1:]), a.dtype) for a in
+                          (like.tokens, like.weights, like.content, like.price, like.ids)))

@@ -1,0 +1,119 @@
+"""COBRA channel: trie-constrained beam search and the scoring of its candidates."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from channels.cobra.beam import (
+    BeamConfig, Candidates, beam_search, drop_seen, fusion_scores, leaf_candidates, sparse_scores, top_unique,
+)
+from channels.cobra.model import CobraModel, ModelConfig
+from channels.cobra.trie import CodeTrie
+from pipeline.types import PAD
+
+
+def _model(sizes, seed=0, dense=True):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(code_sizes=sizes, n_tokens=5, content_dim=3, n_price=2, d_model=16, n_layers=1, n_heads=2,
+                      d_ff=32, max_len=8, dropout=0.0, dense=dense, dense_dim=8)
+    return CobraModel(cfg).eval()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_search_never_emits_a_code_that_does_not_exist(seed):
+    rng = np.random.default_rng(seed)
+    sizes = (6, 5, 4)
+    codes = rng.integers(0, sizes, size=(25, 3))  # 25 items use a small part of the 120 codes
+    trie = CodeTrie.build(codes, sizes)
+    model = _model(sizes, seed)
+    h = torch.randn(7, 16) * 3
+    beams = beam_search(model, h, trie, beam_size=10)
+    live = torch.isfinite(beams.logp)
+    assert live.all(dim=1).all()  # 25 items -> more than 10 existing codes
+    got = beams.codes[live].numpy()
+    assert trie.contains(got).all()
+    assert (beams.leaf[live] >= 0).all()
+    np.testing.assert_array_equal(trie.leaf_codes[beams.leaf[live].numpy()], got)
+    # scores are sorted and are proper log-probabilities of distinct codes
+    lp = beams.logp.numpy()
+    assert (np.diff(lp, axis=1) <= 1e-6).all() and (lp <= 0).all()
+    for row in beams.codes.numpy():
+        assert len({tuple(c) for c in row}) == len(row)
+
+
+def test_beam_larger_than_the_catalog_leaves_dead_beams():
+    sizes = (4, 4)
+    codes = np.array([[0, 1], [0, 2], [3, 3]])
+    trie = CodeTrie.build(codes, sizes)
+    beams = beam_search(_model(sizes), torch.randn(2, 16), trie, beam_size=6)
+    live = torch.isfinite(beams.logp)
+    assert live.sum(1).tolist() == [3, 3]
+    assert (beams.leaf[~live] == -1).all()
+    # the 3 live beams of each request cover all 3 codes; probabilities of the full IDs sum to 1
+    np.testing.assert_allclose(torch.logsumexp(beams.logp, 1).numpy(), 0.0, atol=1e-5)
+
+
+def test_exhaustive_beam_matches_brute_force_probabilities():
+    sizes = (3, 3)
+    codes = np.array([[0, 0], [0, 2], [1, 1], [2, 0], [2, 2]])
+    trie = CodeTrie.build(codes, sizes)
+    model = _model(sizes, 3)
+    h = torch.randn(1, 16)
+    beams = beam_search(model, h, trie, beam_size=5)
+    with torch.no_grad():
+        brute = {}
+        lp0 = torch.log_softmax(model.code_logits(h, 0)[0], -1)  # every first-level code exists
+        for c0 in range(3):
+            nxt = [c[1] for c in codes if c[0] == c0]
+            mask = torch.zeros(3, dtype=torch.bool)
+            mask[nxt] = True
+            s = model.condition(h, 0, torch.tensor([c0]))
+            lp1 = torch.log_softmax(model.code_logits(s, 1)[0].masked_fill(~mask, -1e9), -1)
+            for c1 in nxt:
+                brute[(c0, c1)] = float(lp0[c0] + lp1[c1])
+    got = {tuple(c): float(p) for c, p in zip(beams.codes[0].tolist(), beams.logp[0])}
+    assert got.keys() == brute.keys()
+    for key in got:
+        assert got[key] == pytest.approx(brute[key], abs=1e-5)
+
+
+def _cands(rows, beams, items, logp, cos=None):
+    return Candidates(np.asarray(logp, np.float64), np.asarray(rows), np.asarray(beams), np.asarray(items),
+                      None if cos is None else np.asarray(cos, np.float32))
+
+
+def test_top_unique_keeps_best_score_per_item_and_breaks_ties_by_id():
+    c = _cands([0, 0, 0, 0, 1], [0, 0, 1, 1, 0], [5, 3, 5, 7, 2], [[0.0, 0.0], [0.0, 0.0]])
+    out = top_unique(c, np.array([1.0, 2.0, 3.0, 2.0, -np.inf], np.float32), k=3)
+    assert out.items.tolist() == [[5, 3, 7], [PAD, PAD, PAD]]
+    assert out.scores[0].tolist() == [3.0, 2.0, 2.0]
+
+
+def test_leaf_candidates_and_drop_seen():
+    codes = np.array([[0, 0], [0, 0], [1, 1]])
+    trie = CodeTrie.build(codes, (2, 2))
+    beams = beam_search(_model((2, 2)), torch.randn(1, 16), trie, beam_size=3)
+    cands = leaf_candidates(beams, trie)
+    assert sorted(cands.items.tolist()) == [0, 1, 2]
+    kept = drop_seen(cands, np.array([[PAD, 1]]), n_items=3)
+    assert sorted(kept.items.tolist()) == [0, 2]
+
+
+def test_beamfusion_is_the_product_of_the_two_softmaxes():
+    logp = [[np.log(0.6), np.log(0.3), -np.inf]]
+    c = _cands([0, 0, 0], [0, 0, 1], [10, 11, 12], logp, cos=[0.5, 0.1, 0.9])
+    cfg = BeamConfig(tau=1.0, psi=2.0)
+    got = np.exp(fusion_scores(c, cfg))
+    beam = np.array([0.6, 0.3]) / 0.9
+    dense = np.exp(2 * np.array([0.5, 0.1, 0.9]))
+    dense /= dense.sum()
+    np.testing.assert_allclose(got, [beam[0] * dense[0], beam[0] * dense[1], beam[1] * dense[2]], rtol=1e-5)
+    only_dense = fusion_scores(c, BeamConfig(psi=2.0, sparse_weight=0.0))
+    assert np.argmax(only_dense) == 2
+
+
+def test_sparse_scores_add_the_in_id_prior():
+    c = _cands([0, 0], [0, 0], [0, 1], [[np.log(0.5)]])
+    prior = np.log(np.array([0.75, 0.25], np.float32))
+    np.testing.assert_allclose(np.exp(sparse_scores(c, prior)), [0.375, 0.125], rtol=1e-5)

@@ -1,0 +1,101 @@
+"""COBRA channel: the model (golden values with a fixed seed, causality) and its training loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from channels.cobra.model import CobraModel, ModelConfig
+from channels.cobra.train import BatchLoss, TrainConfig, build_windows
+
+CFG = ModelConfig(code_sizes=(4, 3), n_tokens=6, content_dim=3, n_price=3, n_items=5, d_model=8, n_layers=1,
+                  n_heads=2, d_ff=16, max_len=4, dropout=0.0, dense=True, dense_dim=4)
+FEATS = {"tokens": torch.tensor([[1, 2], [3, 0], [4, 5]]), "weights": torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.5, 0.5]]),
+         "content": torch.tensor([[0.1, 0.2, 0.3], [0.0, 1.0, 0.0], [0.5, -0.5, 0.1]]),
+         "price": torch.tensor([1, 2, 0]), "ids": torch.tensor([1, 0, 3])}
+CODES = torch.tensor([[0, 0], [1, 2], [3, 1]])  # item -> (level 0, level 1)
+
+
+def _model() -> CobraModel:
+    torch.manual_seed(0)
+    return CobraModel(CFG).eval()
+
+
+def _close(got: torch.Tensor, want: list[float]) -> None:
+    torch.testing.assert_close(got, torch.tensor(want), rtol=1e-4, atol=1e-6)
+
+
+def test_golden_values_with_a_fixed_seed():
+    m = _model()
+    with torch.no_grad():
+        v = m.item_encoder(FEATS)
+        h = m.encode(CODES[None], v[None], torch.tensor([[False, True, True]]))
+        logits, v_hat = m.teacher_forced(h[:, -1], torch.tensor([[2, 1]]))
+    _close(v[0], [1.839133e-03, -2.435419e-04, 5.303154e-05, -4.796927e-04])
+    _close(h[0, -1, :4], [1.055822, -1.116612, 1.366970, 0.654584])
+    _close(logits[0][0], [-0.000851, -0.000373, 0.002220, -0.003436])
+    _close(logits[1][0], [0.001135, -0.001624, 0.000575])
+    _close(v_hat[0], [0.000226, 0.001728, -0.000497, 0.000946])
+
+
+def test_golden_training_loss():
+    m = _model()
+    fn = BatchLoss(m, CODES, FEATS, torch.log(torch.tensor([0.5, 0.3, 0.2])), TrainConfig(id_dropout=0.0, temperature=0.1))
+    with torch.no_grad():
+        out = fn(torch.tensor([[-1, 0, 1], [0, 2, 1]]), torch.tensor([[-1, 1, 2], [2, 1, 0]]))
+    assert float(out["sparse"]) == pytest.approx(1.242697, abs=1e-5)
+    assert float(out["dense"]) == pytest.approx(5.799667, abs=1e-4)
+    assert float(out["loss"]) == pytest.approx(1.242697 + 5.799667, abs=1e-4)
+
+
+def test_history_states_are_causal_and_ignore_padding():
+    m = _model()
+    v = torch.randn(1, 3, 4)
+    with torch.no_grad():
+        a = m.encode(CODES[None], v, torch.tensor([[True, True, True]]))
+        changed = CODES.clone()
+        changed[2] = torch.tensor([0, 2])  # change the last item only
+        b = m.encode(changed[None], v, torch.tensor([[True, True, True]]))
+        torch.testing.assert_close(a[0, :2], b[0, :2])  # earlier positions do not see the future
+        assert not torch.allclose(a[0, 2], b[0, 2])
+        # a padded position's content does not leak into real positions
+        p1 = m.encode(CODES[None], v, torch.tensor([[False, True, True]]))
+        v2 = v.clone()
+        v2[0, 0] = 100.0
+        p2 = m.encode(torch.cat([CODES[2:], CODES[1:]])[None], v2, torch.tensor([[False, True, True]]))
+        torch.testing.assert_close(p1[0, 1:], p2[0, 1:])
+
+
+def test_cascaded_head_level_l_depends_only_on_earlier_levels():
+    m = _model()
+    h = torch.randn(2, 8)
+    with torch.no_grad():
+        l1, d1 = m.teacher_forced(h, torch.tensor([[0, 0], [1, 1]]))
+        l2, d2 = m.teacher_forced(h, torch.tensor([[0, 2], [2, 1]]))
+    torch.testing.assert_close(l1[0], l2[0])  # level 0 sees no code
+    torch.testing.assert_close(l1[1][0], l2[1][0])  # row 0: same level-0 code
+    assert not torch.allclose(l1[1][1], l2[1][1])  # row 1: different level-0 code
+    assert not torch.allclose(d1[0], d2[0])  # the dense head reads the full ID
+
+
+def test_dense_levels_conditions_the_dense_head_on_a_prefix():
+    torch.manual_seed(0)
+    m = CobraModel(ModelConfig(**{**CFG.__dict__, "dense_levels": 1})).eval()
+    h = torch.randn(1, 8)
+    with torch.no_grad():
+        _, d1 = m.teacher_forced(h, torch.tensor([[1, 0]]))
+        _, d2 = m.teacher_forced(h, torch.tensor([[1, 2]]))
+    torch.testing.assert_close(d1, d2)
+
+
+def test_bad_head_count_is_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        CobraModel(ModelConfig(code_sizes=(4,), d_model=10, n_heads=3))
+
+
+def test_windows_make_every_position_a_target():
+    import pandas as pd
+
+    frame = pd.DataFrame({"user_id": [0, 0, 0, 0, 1, 1], "item_id": [5, 6, 7, 8, 1, 2]})
+    w = build_windows(frame, max_len=2)
+    pairs = {(int(i), int(t)) for row_i, row_t in zip(w.inputs, w.targets) for i, t in zip(row_i, row_t) if t >= 0}
+    assert pairs == {(5, 6), (6, 7), (7, 8), (1, 2)}
