@@ -134,3 +134,23 @@ def test_rankers_accept_any_channel_set(tmp_path):
 def test_tiny_fit_data_helper_still_works_with_features():
     # guards the helper the feature tests rely on
     assert tiny_fit_data().items["category"].tolist()[:2] == ["a", "a"]
+
+
+def test_ranking_data_round_trip_holdout_and_subsample(tmp_path):
+    cfg = _config("lgbm", tmp_path)
+    ds = synthesize(**SMALL)
+    split = leave_one_out(ds.interactions)
+    data = ranking_data(cfg, ds, split, "test", 2, LightGBMRanker().feature_config)
+    assert [s["fold"] for s in data.stats] == ["valid", "back1-test"] and set(data.fold.tolist()) == {0, 1}
+    labels = data.labels()
+    assert labels.sum() == len(data) and (labels[data.offsets[:-1] + data.positive] == 1).all()
+    data.save(tmp_path / "d.npz")
+    back = type(data).load(tmp_path / "d.npz")
+    np.testing.assert_array_equal(back.features, data.features)
+    assert back.names == data.names and back.stats == data.stats
+    train_part, hold = data.split_holdout(0.25, seed=0)
+    assert len(train_part) + len(hold) == len(data) and (hold.fold == 0).all()
+    assert not set(hold.users.tolist()) & set(train_part.users[train_part.fold == 0].tolist())
+    sub = LightGBMRanker(max_negatives=5)._subsample(train_part)
+    assert (sub.sizes <= 6).all() and (sub.labels()[sub.offsets[:-1] + sub.positive] == 1).all()
+    assert sub.labels().sum() == len(train_part)
