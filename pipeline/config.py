@@ -149,18 +149,24 @@ def parse_config(raw: dict[str, Any], source: str = "<dict>") -> Config:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read a YAML config. `overrides` are dotted keys (e.g. {'eval.max_users': 500})."""
+    raw = read_yaml_mapping(path, "config")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return parse_config(raw, str(path))
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, with errors that name the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: {what} file not found")
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections")
-    for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
-    return parse_config(raw, str(p))
+    return raw
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -117,3 +117,23 @@ def test_sparse_scores_add_the_in_id_prior():
     c = _cands([0, 0], [0, 0], [0, 1], [[np.log(0.5)]])
     prior = np.log(np.array([0.75, 0.25], np.float32))
     np.testing.assert_allclose(np.exp(sparse_scores(c, prior)), [0.375, 0.125], rtol=1e-5)
+
+
+def test_neighbour_search_once_per_shared_dense_vector_gives_the_same_lists():
+    from channels.cobra.catalog import IndexConfig, build_index, normalize
+    from channels.cobra.beam import neighbor_candidates, with_cosine
+
+    rng = np.random.default_rng(0)
+    item_vecs = normalize(rng.normal(size=(40, 8)).astype(np.float32))
+    index = build_index(item_vecs, np.arange(40), IndexConfig())
+    v = normalize(rng.normal(size=(2, 2, 8)).astype(np.float32))
+    v_hat = np.stack([v[:, 0], v[:, 0], v[:, 1]], axis=1)  # beams 0 and 1 share a dense vector
+    groups = np.array([[[0], [0], [1]], [[0], [0], [1]]])
+    base = _cands([], [], [], [[-0.1, -0.5, -1.0], [-0.2, -0.3, -2.0]])
+    base = Candidates(base.beam_logp, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    cfg = BeamConfig(psi=5.0)
+    lists = []
+    for g in (None, groups):
+        c = with_cosine(neighbor_candidates(base, v_hat, index, 6, g), v_hat, item_vecs)
+        lists.append(top_unique(c, fusion_scores(c, cfg), 8))
+    np.testing.assert_array_equal(lists[0].items, lists[1].items)

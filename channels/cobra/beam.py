@@ -117,13 +117,21 @@ def leaf_candidates(beams: Beams, trie: CodeTrie, max_leaf_items: int | None = N
     return Candidates(beams.logp.numpy().astype(np.float64), slot // w, slot % w, items.astype(np.int64))
 
 
-def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index, n: int) -> Candidates:
-    """Add the n nearest catalog items of every live beam's dense vector (faiss search)."""
+def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index, n: int,
+                        groups: np.ndarray | None = None) -> Candidates:
+    """Add the n nearest catalog items of every live beam's dense vector (faiss search).
+    `groups` (B, W, G) marks beams that share one dense vector (the same ID prefix when the dense
+    head reads only part of the ID): each group is searched once, for its best (first) beam; the
+    other beams of the group would only repeat its neighbours with a lower beam score."""
     b, w, dim = v_hat.shape
     live = np.flatnonzero(np.isfinite(cands.beam_logp.reshape(-1)))
     n = min(n, index.ntotal)
     if n <= 0 or live.size == 0:
         return cands
+    if groups is not None:
+        key = np.c_[live // w, groups.reshape(b * w, -1)[live]]
+        _, first = np.unique(key, axis=0, return_index=True)
+        live = live[np.sort(first)]
     _, nb = index.search(np.ascontiguousarray(v_hat.reshape(-1, dim)[live], np.float32), n)  # (live, n)
     slot = np.repeat(live, n)
     items = nb.reshape(-1).astype(np.int64)

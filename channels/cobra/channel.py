@@ -238,7 +238,8 @@ class CobraChannel:
         if self.dense:
             v_hat = F.normalize(self.model_.dense_vector(beams.dense_state), dim=-1).numpy()  # (B, W, D)
             if cfg.catalog_neighbors > 0:
-                cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors)
+                groups = beams.codes[..., : self.model_cfg_.dense_after].numpy()  # beams sharing v_hat
+                cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups)
             cands = with_cosine(cands, v_hat, self.item_vecs_)
         return drop_seen(cands, history, len(self.active_))
 

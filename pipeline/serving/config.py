@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from pipeline.config import ChannelConfig, ConfigError, StageConfig, Strict, _format_errors, _set_dotted
+from pipeline.config import (
+    ChannelConfig, ConfigError, StageConfig, Strict, _format_errors, _set_dotted, read_yaml_mapping,
+)
 
 
 class HttpConfig(Strict):
@@ -135,15 +136,7 @@ def load_serve_config(path: str | Path | None, overrides: dict[str, Any] | None 
     """Read a serving YAML (None: all defaults); `overrides` are dotted keys like 'http.port'."""
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: serving config file not found")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        raw = read_yaml_mapping(path, "serving config")
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     return parse_serve_config(raw, str(path or "<defaults>"))
