@@ -58,10 +58,12 @@ def measure(vectors: np.ndarray, queries: np.ndarray, k: int, repeats: int) -> l
         index = ItemIndex.build(vectors, cfg)
         build_s = time.perf_counter() - t
         approx, secs = timed_search(index, queries, k, repeats)
-        params = {"nlist": cfg.nlist, "nprobe": cfg.nprobe} if cfg.kind == "ivf" else {"M": cfg.hnsw_m, "efSearch": cfg.ef_search}
+        params = ({"nlist": cfg.nlist, "nprobe": cfg.nprobe} if cfg.kind == "ivf"
+                  else {"M": cfg.hnsw_m, "efSearch": cfg.ef_search})
         rows.append({"index": cfg.kind, "params": params, "recall": recall_vs(exact, approx), "search_s": secs,
                      "speedup": flat_s / secs, "build_s": build_s})
-        print(f"{cfg.kind:5s} {params}: recall@{k} {rows[-1]['recall']:.4f}  {secs * 1e3:.1f} ms  x{flat_s / secs:.2f}", flush=True)
+        r = rows[-1]
+        print(f"{cfg.kind:5s} {params}: recall@{k} {r['recall']:.4f} {secs * 1e3:.1f} ms x{r['speedup']:.2f}", flush=True)
     return rows
 
 
@@ -103,7 +105,8 @@ def main() -> None:
     best = max(ok, key=lambda r: r["speedup"]) if ok else None
     command = f"python -m bench.ann_recall --run {args.run} --k {args.k}"
     result = {"dataset": run.dataset.name, "k": args.k, "n_items": int(vectors.shape[0]), "dim": int(vectors.shape[1]),
-              "n_queries": int(queries.shape[0]), "threads": args.threads, "rows": rows, "best": best, "command": command}
+              "n_queries": int(queries.shape[0]), "threads": args.threads, "rows": rows, "best": best,
+              "command": command}
     atomic_write_json(Path(args.out + ".json"), result)
     atomic_write_text(Path(args.out + ".md"), markdown(result))
     if best is not None and not args.no_record:

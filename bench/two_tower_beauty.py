@@ -42,8 +42,8 @@ def markdown(res: dict) -> str:
     for split in ("valid", "test"):
         lines.append(f"| {split} | " + " | ".join(f"{res[split][k]:.4f}" for k in KEYS) + " |")
     fit = res["fit"]
-    lines += ["", f"Training: {fit['train_seconds']:.0f} s wall ({fit['train_cpu_seconds']:.0f} s CPU) for {fit['epochs_run']} "
-              f"epochs (best epoch {fit['best_epoch']}, {fit['seconds_per_epoch']:.0f} s/epoch incl. validation), "
+    lines += ["", f"Training: {fit['train_seconds']:.0f} s wall ({fit['train_cpu_seconds']:.0f} s CPU) "
+              f"for {fit['epochs_run']} epochs (best epoch {fit['best_epoch']}, {fit['seconds_per_epoch']:.0f} s/epoch incl. validation), "
               f"{res['threads']} threads, on {res['machine']}.",
               f"Validation figures are those of the early-stopping target (selection-biased upward).", "",
               f"Command: `{res['command']}`", ""]
@@ -75,7 +75,8 @@ def main() -> None:
         "dataset": run.dataset.name, "users": report["users"], "command": command, "run": str(run_dir),
         "params": next(c.params for c in cfg.channels if c.name == args.channel),
         "test": {k: test[k] for k in KEYS}, "valid": {k: valid[k] for k in KEYS},
-        "fit": {"train_seconds": fit["seconds"], "train_cpu_seconds": fit.get("cpu_seconds"), "epochs_run": n_epochs, "best_epoch": fit["best_epoch"],
+        "fit": {"train_seconds": fit["seconds"], "train_cpu_seconds": fit.get("cpu_seconds"),
+                "epochs_run": n_epochs, "best_epoch": fit["best_epoch"],
                 "seconds_per_epoch": fit["seconds"] / max(n_epochs, 1), "epochs": fit["epochs"],
                 "workflow_seconds": run.manifest["seconds"].get(f"fit.{args.channel}", total)},
         "threads": channel.num_threads, "machine": args.machine,

@@ -107,7 +107,8 @@ def test_feature_encoder_unknowns_and_round_trip(tmp_path):
     assert f.tokens[0, 0] == hash_token("item", 64) == 12  # crc32: stable across processes
     enc.save(tmp_path)
     again = ItemFeatureEncoder.load(tmp_path).transform(new)
-    assert all(np.array_equal(getattr(f, a), getattr(again, a)) for a in ("category", "brand", "path", "price", "tokens"))
+    for field in ("category", "brand", "path", "price", "tokens"):
+        assert np.array_equal(getattr(f, field), getattr(again, field))
 
 
 def test_errors():

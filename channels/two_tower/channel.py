@@ -38,24 +38,31 @@ def item_inputs(features: ItemFeatures, ids: np.ndarray | None = None) -> ItemIn
 class TwoTowerChannel:
     def __init__(
         self, *, name: str = "two_tower",
+        # user tower
         d_model: int = 64, n_layers: int = 2, n_heads: int = 2, d_ff: int = 256, max_len: int = 50,
-        dropout: float = 0.2, time_buckets: int = 0,
+        dropout: float = 0.4, time_buckets: int = 0,
+        # item tower
         use_content: bool = True, text_buckets: int = 32768, max_tokens: int = 32, price_buckets: int = 10,
         min_count: int = 2, id_dropout: float = 0.0, normalize: bool = False,
-        loss: str = "full", n_negatives: int = 1024, sampler: str = "popularity", sampler_power: float = 0.75,
-        temperature: float = 1.0, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128,
-        max_epochs: int = 60, patience: int = 5, epochs: int = 20,
+        # training
+        loss: str = "sampled", n_negatives: int = 2048, sampler: str = "popularity", sampler_power: float = 0.75,
+        temperature: float = 1.0, weighting: str = "batch", lr: float = 4e-3, weight_decay: float = 0.0,
+        batch_size: int = 256, max_epochs: int = 60, patience: int = 5, epochs: int = 20,
+        # index
         index: str = "flat", nlist: int = 128, nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 256,
         ef_construction: int = 200, use_gpu: bool = True,
+        # runtime
         num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
     ) -> None:
         self.name = name
         self.d_model, self.n_layers, self.n_heads, self.d_ff, self.max_len = d_model, n_layers, n_heads, d_ff, max_len
         self.dropout, self.time_buckets = dropout, time_buckets
         self.use_content, self.text_buckets, self.max_tokens = use_content, text_buckets, max_tokens
-        self.price_buckets, self.min_count, self.id_dropout, self.normalize = price_buckets, min_count, id_dropout, normalize
+        self.price_buckets, self.min_count = price_buckets, min_count
+        self.id_dropout, self.normalize = id_dropout, normalize
         self.loss, self.n_negatives, self.sampler, self.sampler_power = loss, n_negatives, sampler, sampler_power
-        self.temperature, self.lr, self.weight_decay, self.batch_size = temperature, lr, weight_decay, batch_size
+        self.temperature, self.weighting, self.lr = temperature, weighting, lr
+        self.weight_decay, self.batch_size = weight_decay, batch_size
         self.max_epochs, self.patience, self.epochs = max_epochs, patience, epochs
         self.index, self.nlist, self.nprobe, self.hnsw_m = index, nlist, nprobe, hnsw_m
         self.ef_search, self.ef_construction, self.use_gpu = ef_search, ef_construction, use_gpu
@@ -76,7 +83,8 @@ class TwoTowerChannel:
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(loss=self.loss, n_negatives=self.n_negatives, sampler=self.sampler,
-                           sampler_power=self.sampler_power, temperature=self.temperature, lr=self.lr,
+                           sampler_power=self.sampler_power, temperature=self.temperature,
+                           weighting=self.weighting, lr=self.lr,
                            weight_decay=self.weight_decay, batch_size=self.batch_size, max_epochs=self.max_epochs,
                            patience=self.patience, epochs=self.epochs, max_len=self.max_len, seed=seed,
                            eval_batch_size=self.eval_batch_size, progress=self.progress)
@@ -100,7 +108,8 @@ class TwoTowerChannel:
                                            price_buckets=self.price_buckets, min_count=self.min_count).fit(data.items)
         self.features_ = self.encoder_.transform(data.items)
         if len(self.features_) != data.n_items:
-            raise ValueError(f"channel '{self.name}': items table has {len(self.features_)} rows, FitData.n_items is {data.n_items}")
+            raise ValueError(f"channel '{self.name}': items table has {len(self.features_)} rows, "
+                             f"FitData.n_items is {data.n_items}")
         self.n_trained_ = data.n_items
         self.model_ = self._build_model(data.n_items, self.encoder_.cardinalities(), seed)
         with_valid = data.valid is not None and data.valid_history is not None
@@ -167,7 +176,8 @@ class TwoTowerChannel:
         if not isinstance(items, pd.DataFrame):
             ids = np.asarray(items, np.int64)
             if ids.size and (ids.min() < 0 or ids.max() >= len(self.item_raw_)):
-                raise ValueError(f"channel '{self.name}': item ids must be in [0, {len(self.item_raw_)}); add new items with add_items()")
+                raise ValueError(f"channel '{self.name}': item ids must be in [0, {len(self.item_raw_)}); "
+                                 "add new items with add_items()")
             return self._scored(self.item_raw_[ids])
         return self._scored(self._raw_from_frame(items))
 

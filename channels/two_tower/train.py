@@ -27,6 +27,7 @@ from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
 LOSSES = ("full", "sampled")
+WEIGHTINGS = ("batch", "target")
 SAMPLERS = ("uniform", "popularity")
 
 
@@ -37,6 +38,7 @@ class TrainConfig:
     sampler: str = "popularity"
     sampler_power: float = 0.75
     temperature: float = 1.0
+    weighting: str = "batch"  # 'batch': mean loss of each batch; 'target': every target weighs the same
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -53,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -122,7 +126,9 @@ def build_requests(history: pd.DataFrame, targets: pd.DataFrame, max_len: int) -
     tg = targets.sort_values("user_id", kind="stable")
     t_users = tg["user_id"].to_numpy(np.int64)
     pos = np.searchsorted(users, t_users)
-    known = (pos < len(users)) & (users[np.minimum(pos, len(users) - 1)] == t_users) if len(users) else np.zeros(len(t_users), bool)
+    known = np.zeros(len(t_users), bool)
+    if len(users):
+        known = (pos < len(users)) & (users[np.minimum(pos, len(users) - 1)] == t_users)
     hist = np.full((len(tg), max_len), PAD, np.int64)
     times = np.zeros((len(tg), max_len), np.int64)
     for r in np.flatnonzero(known):
@@ -228,13 +234,18 @@ def run_epoch(model: TwoTowerModel, items: ItemInputs, windows: Windows, cfg: Tr
               sampler: NegativeSampler, rng: np.random.Generator, desc: str) -> float:
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(batches(windows, cfg.batch_size, rng), desc=desc, unit="batch", leave=False, disable=not cfg.progress)
+    order = batches(windows, cfg.batch_size, rng)
+    per_batch = float((windows.targets >= 0).sum()) / max(len(order), 1)  # targets in an average batch
+    bar = tqdm(order, desc=desc, unit="batch", leave=False, disable=not cfg.progress)
     for rows in bar:
-        inputs, times, targets = (torch.from_numpy(a) for a in trim(windows.inputs[rows], windows.times[rows], windows.targets[rows]))
+        arrays = trim(windows.inputs[rows], windows.times[rows], windows.targets[rows])
+        inputs, times, targets = (torch.from_numpy(a) for a in arrays)  # (b, L) each
         if cfg.loss == "full":
             loss = full_loss(model, items, inputs, times, targets, cfg.temperature)
         else:
             loss = sampled_loss(model, items, inputs, times, targets, cfg, sampler, rng)
+        if cfg.weighting == "target":  # batches of long sequences hold more targets: weigh them by it
+            loss = loss * (float((targets >= 0).sum()) / per_batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
