@@ -12,6 +12,7 @@ figures). Writes bench/results/two_tower_beauty.json and .md and records summary
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def main() -> None:
     p.add_argument("--channel", default="two_tower")
     p.add_argument("--machine", default="2-core CPU, shared (contended)")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # per-epoch validation
     cfg = load_config(args.config)
     t = time.perf_counter()
     run_dir = Path(args.run) if args.run else train(cfg, stage="test")

@@ -4,7 +4,10 @@ Loss = mean over levels of the code cross-entropy (teacher forcing: level l is p
 history state plus the true codes of levels < l)
      + dense_weight * contrastive loss of the dense vector predicted after the true ID against the
        target item's encoder vector; negatives are the other targets of the batch ('in_batch',
-       with the logQ correction for their popularity when `logq`) or the whole catalog ('full').
+       with the logQ correction for their popularity when `logq`), or the whole catalog: 'full'
+       back-propagates into every item's encoder pass, 'catalog' only into the batch's items (the
+       other rows come from a no-grad pass; several times cheaper, the query side gets the full
+       softmax gradient).
 Early stopping on a validation callback (N@10 of the real retrieval path; best weights restored),
 else a fixed number of epochs. Batches group windows of similar length (sorted inside shuffled
 chunks) and are trimmed to their longest window, so short histories do not pay for padding.
@@ -27,7 +30,7 @@ from channels.cobra.model import CobraModel
 from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
-NEGATIVES = ("in_batch", "full")
+NEGATIVES = ("in_batch", "catalog", "full")
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,11 @@ class BatchLoss:
         if cfg.negatives == "full":
             cand = torch.arange(self.codes.shape[0])
             cand_vecs = self._encode_items(cand, gen)  # (N, Dd)
+        elif cfg.negatives == "catalog":
+            cand = torch.arange(self.codes.shape[0])
+            with torch.no_grad():
+                table = self._encode_items(cand, gen)  # (N, Dd), no gradient
+            cand_vecs = table.index_copy(0, uniq, vecs)  # the batch's items carry gradient
         else:
             cand = torch.unique(tgt)  # (C,)
             cand_vecs = vecs[torch.searchsorted(uniq, cand)]  # (C, Dd)
