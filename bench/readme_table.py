@@ -42,7 +42,7 @@ def render(summary: dict) -> str:
         entries = summary.get(ds, {})
         for method in METHODS + tuple(sorted(set(entries) - set(METHODS))):
             e = entries.get(method)
-            if e is None:
+            if not isinstance(e, dict) or "R@10" not in e:  # e.g. cobra_coldstart: not a quality row
                 continue
             lines.append(f"| {ds} | {method} | " + " | ".join(_fmt(e.get(k)) for k in QUALITY_KEYS) + " | this project |")
         if entries:

@@ -76,6 +76,10 @@ class EvalConfig(Strict):
     n_boot: int = Field(1000, ge=10)
     max_users: int | None = None  # evaluate a seeded sample of users (None: all)
     k_lists: int = Field(50, ge=1)  # length of the per-user top-k lists written to Parquet
+    # the request time of an evaluation request: 'target' = the target's timestamp (the moment the
+    # user came back; point-in-time features see everything before it), 'last' = the user's last
+    # history timestamp (an audit: nothing about when the target happened reaches the pipeline)
+    request_time: Literal["target", "last"] = "target"
 
 
 class ArmConfig(Strict):

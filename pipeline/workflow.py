@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -73,6 +73,7 @@ class Run:
     channels: dict
     cascade: Cascade
     manifest: dict
+    rankers: dict = field(default_factory=dict)  # arm name -> the ranker trained for that arm
 
 
 def build_cascade(cfg: Config, channels: dict, ranker=None, reranker=None) -> Cascade:
@@ -113,18 +114,34 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
             times[f"fit.{ccfg.name}"] = time.perf_counter() - t
             manifest_channels.append({"name": ccfg.name, "saved": savable})
         ranker_entry = None
+        cache: dict = {}  # fold channel fits shared by the run's ranker and the arms' rankers
         ranker = build_stage(cfg.ranker, RANKER_KINDS, "ranker")
         if is_trainable(ranker):
             t = time.perf_counter()
-            ranker_entry = fit_ranker(ranker, cfg, dataset, split, stage, data, labelled=labelled)
+            ranker_entry = fit_ranker(ranker, cfg, dataset, split, stage, data, labelled=labelled, channel_cache=cache)
             ranker.save(tmp / "ranker")
             ranker_entry |= {"path": "ranker", "kind": cfg.ranker.kind, "seconds": time.perf_counter() - t}
             times["fit.ranker"] = ranker_entry["seconds"]
+        arm_rankers = {}
+        for arm in cfg.arms:
+            arm_cfg = arm_config(cfg, arm)
+            if arm.ranker is None or arm_cfg is None:
+                continue
+            arm_ranker = build_stage(arm.ranker, RANKER_KINDS, f"arm '{arm.name}' ranker")
+            if not is_trainable(arm_ranker):
+                continue
+            t = time.perf_counter()
+            entry = fit_ranker(arm_ranker, arm_cfg, dataset, split, stage, data, channel_cache=cache)
+            arm_ranker.save(tmp / "rankers" / arm.name)
+            arm_rankers[arm.name] = entry | {"path": f"rankers/{arm.name}", "kind": arm.ranker.kind,
+                                             "seconds": time.perf_counter() - t}
+            times[f"fit.ranker.{arm.name}"] = arm_rankers[arm.name]["seconds"]
+        cache.clear()
         manifest = {
             "config": cfg.model_dump(mode="json"), "stage": stage, "data_fingerprint": dataset.fingerprint(),
             "data": {"name": dataset.name, "users": dataset.n_users, "items": dataset.n_items,
                      "interactions": len(dataset.interactions), "has_time": dataset.has_time},
-            "channels": manifest_channels, "ranker": ranker_entry, "seconds": times, "versions": versions(),
+            "channels": manifest_channels, "ranker": ranker_entry, "arm_rankers": arm_rankers, "seconds": times, "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         atomic_write_json(tmp / "manifest.json", manifest)
@@ -151,7 +168,21 @@ def load_run(path: str | Path) -> Run:
     ranker = None
     if manifest.get("ranker"):
         ranker = ranker_class(cfg).load(path / manifest["ranker"]["path"])
-    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels, ranker), manifest)
+    rankers = {name: ranker_class(arm_config(cfg, arm)).load(path / manifest["arm_rankers"][name]["path"])
+               for arm in cfg.arms if (name := arm.name) in (manifest.get("arm_rankers") or {})}
+    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels, ranker), manifest, rankers)
+
+
+def arm_config(cfg: Config, arm) -> Config | None:
+    """The config an arm's own ranker is trained under: the arm's channels (and quotas), pool budget
+    and ranker in place of the run's; None when the arm sets no ranker."""
+    if arm.ranker is None:
+        return None
+    names = arm.channels if arm.channels is not None else [c.name for c in cfg.enabled_channels()]
+    channels = [c.model_copy(update={"quota": arm.quotas.get(c.name, c.quota)}) for c in cfg.enabled_channels()
+                if c.name in names]
+    pool = cfg.pool.model_copy(update={"budget": arm.budget}) if arm.budget else cfg.pool
+    return cfg.model_copy(update={"channels": channels, "pool": pool, "ranker": arm.ranker, "arms": []})
 
 
 # -- the ranker stage -------------------------------------------------------------------------
@@ -175,8 +206,10 @@ def retrieval_pools(cascade: Cascade):
 
 
 def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int, features_config,
-                 like: FitData | None = None):
-    """Labelled pools for a ranker evaluated on `stage`: channels refitted on each fold's history."""
+                 like: FitData | None = None, channel_cache: dict | None = None):
+    """Labelled pools for a ranker evaluated on `stage`: channels refitted on each fold's history.
+    `channel_cache` (fold, channel config) -> fitted channel lets several rankers of one run (the
+    arms') share the fold fits."""
     from rankers.features import CrossFeatures
     from rankers.passthrough import PassThroughRanker
     from rankers.training_data import RankingData, collect, fold_fit_data, ranking_folds
@@ -187,7 +220,13 @@ def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int,
         fdata = fold_fit_data(fold, like)
         channels = {}
         for ccfg in tqdm(cfg.enabled_channels(), desc=f"fit channels (ranker fold {fold.name})", unit="channel", disable=None):
+            key = (fold.name, ccfg.model_dump_json())
+            if channel_cache is not None and key in channel_cache:
+                channels[ccfg.name] = channel_cache[key]
+                continue
             channels[ccfg.name] = build_channel(ccfg).fit(fdata)
+            if channel_cache is not None:
+                channel_cache[key] = channels[ccfg.name]
         cascade = build_cascade(cfg, channels, ranker=PassThroughRanker())
         features = CrossFeatures(cascade.channel_names, features_config).fit(fdata)
         bar = lambda it, n=fold.name: tqdm(it, desc=f"ranker pools {n}", unit="batch", leave=False, disable=None)
@@ -197,13 +236,15 @@ def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int,
     return RankingData.concat(parts)
 
 
-def fit_ranker(ranker, cfg: Config, dataset: Dataset, split, stage: str, data: FitData, labelled=None) -> dict:
+def fit_ranker(ranker, cfg: Config, dataset: Dataset, split, stage: str, data: FitData, labelled=None,
+               channel_cache: dict | None = None) -> dict:
     """Train `ranker` for `stage` (label folds before it, a user holdout for early stopping), then
     bind its serving features to `data` (the stage's fit data). Returns the manifest entry.
     `labelled`: RankingData already built by `ranking_data` for this stage (benchmarks cache it)."""
     t = time.perf_counter()
     if labelled is None:
-        labelled = ranking_data(cfg, dataset, split, stage, int(ranker.train_folds), ranker.feature_config, data)
+        labelled = ranking_data(cfg, dataset, split, stage, int(ranker.train_folds), ranker.feature_config, data,
+                                channel_cache)
     train_part, holdout = labelled.split_holdout(float(ranker.holdout), cfg.run.seed)
     t_pools = time.perf_counter() - t
     # bind first: the serving features hold the item tables a model may be built from

@@ -64,3 +64,17 @@ def test_popularity_features_are_point_in_time():
         assert start <= ev.target_times[r]
         expected = np.bincount(items[ts < start], minlength=ds.n_items)
         np.testing.assert_allclose(ch.state_[rows[r]], expected)
+
+
+def test_audit_request_time_is_the_last_history_time():
+    ds = synthesize(n_users=200, n_items=80, seed=5)
+    split = leave_one_out(ds.interactions)
+    target = build_eval_set(split, "test", max_history=50)
+    last = build_eval_set(split, "test", max_history=50, request_time="last")
+    assert (target.batch.now == target.target_times).all()
+    has = last.batch.lengths > 0
+    np.testing.assert_array_equal(last.batch.now[has], last.batch.history_times[has, -1])
+    assert (last.batch.now <= target.batch.now).all() and (last.batch.now < target.batch.now).any()
+    np.testing.assert_array_equal(last.batch.history, target.batch.history)
+    with pytest.raises(ValueError, match="request_time must be 'target' or 'last', got 'future'"):
+        build_eval_set(split, "test", max_history=50, request_time="future")

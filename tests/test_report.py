@@ -53,3 +53,39 @@ def test_arm_config_errors():
         parse_config(CFG | {"control": "x"})
     with pytest.raises(ConfigError, match="arm names must be unique"):
         parse_config(CFG | {"arms": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_arms_train_and_use_their_own_rankers(tmp_path, monkeypatch):
+    """An arm with a trainable ranker gets one trained on ITS channel set (features over its
+    channels only), saved under rankers/<arm>, loaded back and used; fold channel fits are shared."""
+    import pipeline.workflow as wf
+
+    fits = []
+    real = wf.build_channel
+    monkeypatch.setattr(wf, "build_channel", lambda c: fits.append(c.name) or real(c))
+    lgbm = {"kind": "lgbm", "params": {"n_estimators": 20, "num_leaves": 7, "min_child_samples": 5, "holdout": 0.2,
+                                       "train_folds": 1}}
+    cfg = parse_config(CFG | {"ranker": lgbm, "arms": [
+        {"name": "i2i-lgbm", "channels": ["item2item"], "ranker": lgbm},
+        {"name": "both-lgbm", "ranker": lgbm},
+        {"name": "both-main"},
+    ]})
+    run = load_run(train(cfg, run_dir=tmp_path / "run"))
+    # stage fits (2) + one ranker fold (2), shared by the run's ranker and both arms' rankers
+    assert sorted(fits) == ["item2item"] * 2 + ["popularity"] * 2
+    assert sorted(run.rankers) == ["both-lgbm", "i2i-lgbm"]
+    assert (tmp_path / "run" / "rankers" / "i2i-lgbm" / "model.txt").is_file()
+    names = run.manifest["arm_rankers"]["i2i-lgbm"]["features"]
+    assert any("item2item" in n for n in names) and not any("popularity" in n for n in names)
+    report = evaluate_run(run, latency_requests=5)
+    assert report["pipeline_arms"] == ["i2i-lgbm", "both-lgbm", "both-main"]
+    # same channels, same ranker config and data: the arm's ranker equals the run's own
+    assert report["arms"]["both-lgbm"]["R@10"] == pytest.approx(report["arms"]["both-main"]["R@10"])
+
+
+def test_an_untrained_arm_ranker_is_refused(run):
+    from pipeline.config import ArmConfig
+    from pipeline.evaluation.arms import build_arm
+
+    with pytest.raises(ConfigError, match="arm 'x': its ranker 'lgbm' must be trained"):
+        build_arm(run, ArmConfig(name="x", ranker={"kind": "lgbm"}))

@@ -234,3 +234,23 @@ def test_gpu_index_path_is_taken_only_when_a_gpu_is_present(monkeypatch, tmp_pat
     assert not ItemIndex.build(vectors, IndexConfig(kind="flat", use_gpu=False)).on_gpu
     exact = ItemIndex.build(vectors, IndexConfig(kind="flat", use_gpu=False)).search(vectors[:3], 5)[1]
     assert np.array_equal(gpu.search(vectors[:3], 5)[1][:, 0], exact[:, 0])
+
+
+
+@pytest.mark.parametrize("kind,min_recall", [("ivf", 0.8), ("hnsw", 0.95)])
+def test_approximate_index_scores_are_inner_products_with_varying_norms(kind, min_recall, tmp_path):
+    """IVF / HNSW over item vectors whose norms vary a lot (popular items have long vectors):
+    scores are the inner products, recall against exact search stays high, save/load keeps it."""
+    rng = np.random.default_rng(0)
+    vectors = (rng.normal(size=(2000, 16)) * rng.lognormal(0, 0.7, size=(2000, 1))).astype(np.float32)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    cfg = IndexConfig(kind=kind, nlist=16, nprobe=8, ef_search=128, use_gpu=False)
+    index = ItemIndex.build(vectors, cfg)
+    scores, items = index.search(queries, 20)
+    np.testing.assert_allclose(scores, np.einsum("bd,bkd->bk", queries, vectors[items]), rtol=1e-4, atol=1e-3)
+    exact = np.argsort(-queries @ vectors.T, axis=1)[:, :20]
+    recall = np.mean([len(np.intersect1d(a, e)) / 20 for a, e in zip(items, exact)])
+    assert recall >= min_recall
+    index.save(tmp_path / "i.faiss")
+    _, again = ItemIndex.load(tmp_path / "i.faiss", cfg).search(queries, 20)
+    np.testing.assert_array_equal(again, items)

@@ -57,6 +57,7 @@ class CobraChannel:
         lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128, max_epochs: int = 40, patience: int = 4,
         epochs: int = 15, dense_loss_weight: float = 1.0, temperature: float = 0.05, negatives: str = "in_batch",
         logq: bool = True, id_dropout: float = 0.1, max_train_seconds: float | None = None, valid_users: int | None = 5000,
+        clip_norm: float | None = None,
         beam_size: int = 20, catalog_neighbors: int = 0, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
         fusion_sparse_weight: float = 1.0, fusion_dense_weight: float = 1.0, max_leaf_items: int | None = None,
         index: str = "flat", hnsw_m: int = 32, ef_search: int = 128,
@@ -77,7 +78,7 @@ class CobraChannel:
         self.lr, self.weight_decay, self.batch_size, self.max_epochs = lr, weight_decay, batch_size, max_epochs
         self.patience, self.epochs, self.dense_loss_weight, self.temperature = patience, epochs, dense_loss_weight, temperature
         self.negatives, self.logq, self.id_dropout, self.max_train_seconds = negatives, logq, id_dropout, max_train_seconds
-        self.valid_users = valid_users
+        self.valid_users, self.clip_norm = valid_users, clip_norm
         self.beam_size, self.catalog_neighbors, self.fusion_tau, self.fusion_psi = beam_size, catalog_neighbors, fusion_tau, fusion_psi
         self.fusion_sparse_weight, self.fusion_dense_weight, self.max_leaf_items = fusion_sparse_weight, fusion_dense_weight, max_leaf_items
         self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
@@ -107,7 +108,7 @@ class CobraChannel:
                            max_epochs=self.max_epochs, patience=self.patience, epochs=self.epochs,
                            dense_weight=self.dense_loss_weight, temperature=self.temperature, negatives=self.negatives,
                            logq=self.logq, id_dropout=self.id_dropout, max_len=self.max_len, seed=seed,
-                           progress=self.progress, max_seconds=self.max_train_seconds)
+                           progress=self.progress, max_seconds=self.max_train_seconds, clip_norm=self.clip_norm)
 
     def beam_config(self, beam_size: int | None = None) -> BeamConfig:
         return BeamConfig(beam_size=beam_size or self.beam_size, catalog_neighbors=self.catalog_neighbors,

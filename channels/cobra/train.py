@@ -50,12 +50,15 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     max_seconds: float | None = None  # stop after the epoch that crosses this budget
+    clip_norm: float | None = None  # clip the gradient's global norm (None: no clipping)
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.clip_norm is not None and self.clip_norm <= 0:
+            raise ValueError(f"clip_norm must be > 0 or None, got {self.clip_norm}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ def fit_model(model: CobraModel, codes: torch.Tensor, features: dict[str, torch.
             out = loss_fn(inputs, targets, gen)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
+            if cfg.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())

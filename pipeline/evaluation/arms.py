@@ -25,12 +25,19 @@ class Arm:
 
 
 def _ranker(run, arm: ArmConfig):
+    """The arm's ranker: the run's own when the arm sets none, the one trained for this arm in the
+    run folder, or a fresh one for a ranker that needs no training (e.g. passthrough)."""
     if arm.ranker is None:
         return run.cascade.ranker
     trained = getattr(run, "rankers", None) or {}
-    if arm.ranker.kind in trained:
-        return trained[arm.ranker.kind]
-    return build_stage(arm.ranker, RANKER_KINDS, f"arm '{arm.name}' ranker")
+    if arm.name in trained:
+        return trained[arm.name]
+    ranker = build_stage(arm.ranker, RANKER_KINDS, f"arm '{arm.name}' ranker")
+    if callable(getattr(ranker, "fit", None)):
+        raise ConfigError(f"arm '{arm.name}': its ranker '{arm.ranker.kind}' must be trained, and the run at "
+                          f"{getattr(run, 'path', '?')} holds none for this arm; train the run with this arm in "
+                          "the config (`hybridrec train`), which trains every arm's ranker")
+    return ranker
 
 
 def build_arm(run, arm: ArmConfig) -> Arm:
@@ -39,6 +46,7 @@ def build_arm(run, arm: ArmConfig) -> Arm:
     missing = [n for n in names if n not in run.channels]
     if missing:
         raise ConfigError(f"arm '{arm.name}': the run has no channel(s) {missing}; it has {sorted(run.channels)}")
+    names = [n for n in run.channels if n in names]  # the run's order, as an arm's ranker was trained with
     quotas = {n: run.cascade.quotas.get(n, 100) for n in names} | dict(arm.quotas)
     base = run.cascade
     reranker = base.reranker if arm.rerank is None else build_stage(arm.rerank, RERANKER_KINDS, f"arm '{arm.name}' rerank")

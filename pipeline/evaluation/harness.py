@@ -29,9 +29,14 @@ class EvalSet:
         return len(self.targets)
 
 
-def build_eval_set(split, stage: str, max_history: int, max_users: int | None = None, seed: int = 0) -> EvalSet:
+def build_eval_set(split, stage: str, max_history: int, max_users: int | None = None, seed: int = 0,
+                   request_time: str = "target") -> EvalSet:
     """Requests for `stage` ('valid' or 'test'): history = split.history(stage) rows of the user,
-    request time = the target's timestamp (the moment the user came back)."""
+    request time = the target's timestamp (the moment the user came back; `request_time='target'`)
+    or the user's last history timestamp (`'last'`: an audit in which nothing about the target's
+    time reaches the pipeline)."""
+    if request_time not in ("target", "last"):
+        raise ValueError(f"request_time must be 'target' or 'last', got {request_time!r}")
     hist = split.history(stage)
     tg = split.targets(stage).sort_values("user_id", kind="stable")
     if max_users is not None and max_users < len(tg):
@@ -48,7 +53,10 @@ def build_eval_set(split, stage: str, max_history: int, max_users: int | None = 
     seqs = [h_items[a:b] for a, b in zip(lo, hi)]
     times = [h_times[a:b] for a, b in zip(lo, hi)]
     target_times = tg["timestamp"].to_numpy(np.int64)
-    batch = RequestBatch.from_sequences(users, seqs, times, max_len=max_history, now=target_times)
+    now = target_times
+    if request_time == "last":
+        now = np.array([t[-1] if len(t) else tt for t, tt in zip(times, target_times)], np.int64)
+    batch = RequestBatch.from_sequences(users, seqs, times, max_len=max_history, now=now)
     return EvalSet(stage, batch, tg["item_id"].to_numpy(np.int64), target_times)
 
 

@@ -28,7 +28,8 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
                  arms=None, latency_requests: int = 200) -> dict:
     cfg, ev = run.config, run.config.eval
     ks = tuple(sorted(ev.ks))
-    evalset = build_eval_set(run.split, run.stage, cfg.data.max_history, max_users or ev.max_users, cfg.run.seed)
+    evalset = build_eval_set(run.split, run.stage, cfg.data.max_history, max_users or ev.max_users, cfg.run.seed,
+                              ev.request_time)
     popularity = M.item_popularity(run.split.history(run.stage)["item_id"].to_numpy(np.int64), run.dataset.n_items)
     ctx = _Context(run, evalset, ks, popularity, latency_requests)
     results, lists, budget_lists, channel_extra = {}, {}, {}, {}
