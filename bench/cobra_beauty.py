@@ -36,7 +36,7 @@ CONFIG = ROOT / "configs" / "amazon-beauty-cobra.yaml"
 KS = (5, 10, 20, 50)
 INFERENCE_GRID = {
     "cobra": {"beam_size": [20], "catalog_neighbors": [20, 50], "fusion_tau": [0.5, 1.0, 2.0],
-              "fusion_psi": [10.0, 20.0], "fusion_dense_weight": [0.5, 1.0, 2.0]},
+              "fusion_psi": [10.0, 20.0], "fusion_dense_weight": [0.1, 0.25, 0.5, 1.0, 2.0]},
     "cobra_sparse": {"beam_size": [20, 50]},
     "tiger": {"beam_size": [20, 50]},
 }
