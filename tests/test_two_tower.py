@@ -254,3 +254,19 @@ def test_approximate_index_scores_are_inner_products_with_varying_norms(kind, mi
     index.save(tmp_path / "i.faiss")
     _, again = ItemIndex.load(tmp_path / "i.faiss", cfg).search(queries, 20)
     np.testing.assert_array_equal(again, items)
+
+
+def test_catalog_without_content_trains_on_ids_alone(tmp_path):
+    """No category/brand/price/text anywhere: content features are switched off (a shared
+    'unknown' vector would only blur the ids), the fit report says so, save/load keeps it."""
+    from tests.helpers import tiny_fit_data
+
+    import dataclasses
+
+    data = tiny_fit_data()
+    data = dataclasses.replace(data, items=data.items[["item_id"]].copy())
+    ch = TwoTowerChannel(d_model=16, n_layers=1, n_heads=1, d_ff=32, max_len=10, epochs=1, max_epochs=1,
+                         batch_size=64, num_threads=1, seed=0, progress=False).fit(data)
+    assert ch.use_content is False and "no item content" in ch.fit_report_["content"]
+    ch.save(tmp_path / "c")
+    assert TwoTowerChannel.load(tmp_path / "c").use_content is False

@@ -38,6 +38,11 @@ class ItemFeatures:
     def __len__(self) -> int:
         return int(self.category.shape[0])
 
+    def has_content(self) -> bool:
+        """False when no item has any known category, brand, path, price or text token (a catalog
+        without metadata): content embeddings would then add the same vector to every item."""
+        return bool(any(getattr(self, a).any() for a in ARRAYS))
+
     def concat(self, other: "ItemFeatures") -> "ItemFeatures":
         return ItemFeatures(*(np.concatenate([getattr(self, a), getattr(other, a)]) for a in ARRAYS))
 
