@@ -23,7 +23,6 @@ from pipeline.config import load_config
 from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.workflow import load_run, train
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = RESULTS / "ab_beauty"
 
 

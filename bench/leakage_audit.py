@@ -10,8 +10,8 @@ and reports both with a paired bootstrap interval of the difference.
 
     python -m bench.leakage_audit --run runs/beauty-cascade-mtgr-test [--run runs/beauty-cascade-lgbm-test]
 
-Writes bench/results/leakage_audit.{json,md}; with --record adds the 'request_time_last' figures
-to the cascade entries of summary.json.
+Writes bench/results/leakage_audit.{json,md}; with --record adds the last-history-time figures
+to the cascade entry of summary.json (key 'audit_request_time_last').
 """
 from __future__ import annotations
 

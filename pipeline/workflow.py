@@ -149,15 +149,20 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
     return target
 
 
-def load_run(path: str | Path) -> Run:
-    path = Path(path)
-    mf = path / "manifest.json"
+def open_run_folder(path: str | Path) -> tuple[dict, Config, Dataset, object]:
+    """A run folder's manifest, config, dataset and split (no component is loaded)."""
+    mf = Path(path) / "manifest.json"
     if not mf.is_file():
         raise ConfigError(f"{path}: not a run folder (no manifest.json); create one with `hybridrec train`")
     manifest = read_json(mf)
     cfg = parse_config(manifest["config"], str(mf))
-    dataset = Dataset.load(path / "data")
-    split = make_split(dataset, cfg.data)
+    dataset = Dataset.load(Path(path) / "data")
+    return manifest, cfg, dataset, make_split(dataset, cfg.data)
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    manifest, cfg, dataset, split = open_run_folder(path)
     stage = manifest["stage"]
     channels = {}
     for entry, ccfg in zip(manifest["channels"], cfg.enabled_channels()):

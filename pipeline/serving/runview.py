@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import read_json
-from pipeline.config import ChannelConfig, Config, ConfigError, StageConfig, parse_config
+from pipeline.config import ChannelConfig, Config, ConfigError, StageConfig
 from pipeline.data import Dataset
 from pipeline.protocols import Channel, FitData
 from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class
-from pipeline.workflow import fit_data, make_split
+from pipeline.workflow import fit_data, open_run_folder
 
 
 @dataclass
@@ -35,13 +34,8 @@ class RunView:
     @classmethod
     def open(cls, path: str | Path, extra: list[ChannelConfig] | tuple[ChannelConfig, ...] = ()) -> "RunView":
         path = Path(path)
-        mf = path / "manifest.json"
-        if not mf.is_file():
-            raise ConfigError(f"{path}: not a run folder (no manifest.json); create one with `hybridrec train`")
-        manifest = read_json(mf)
-        cfg = parse_config(manifest["config"], str(mf))
-        dataset = Dataset.load(path / "data")
-        view = cls(path, cfg, manifest["stage"], dataset, make_split(dataset, cfg.data), manifest, tuple(extra))
+        manifest, cfg, dataset, split = open_run_folder(path)
+        view = cls(path, cfg, manifest["stage"], dataset, split, manifest, tuple(extra))
         clash = {c.name for c in extra} & {c.name for c in cfg.enabled_channels()}
         if clash:
             raise ConfigError(f"extra_channels: names {sorted(clash)} are already channels of the run {path}")
