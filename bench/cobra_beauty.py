@@ -35,8 +35,12 @@ DATA = Path(os.environ.get("HYBRIDREC_DATA", ROOT.parent / "shared" / "data"))
 CONFIG = ROOT / "configs" / "amazon-beauty-cobra.yaml"
 KS = (5, 10, 20, 50)
 INFERENCE_GRID = {
-    "cobra": {"beam_size": [20], "catalog_neighbors": [20, 50], "fusion_tau": [0.5, 1.0, 2.0],
-              "fusion_psi": [10.0, 20.0], "fusion_dense_weight": [0.1, 0.25, 0.5, 1.0, 2.0]},
+    # The fused ranking depends on the weights only through dense_weight * psi / (sparse_weight * tau)
+    # (the log-softmax normalisers are constant per request), so one ratio axis covers them.
+    "cobra": {"beam_size": [20], "catalog_neighbors": [50, 200], "fusion_tau": [1.0], "fusion_psi": [1.0],
+              "fusion_dense_weight": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0], "neighbor_id_score": ["search", "own"]},
+    "cobra_cosine": {"beam_size": [20], "catalog_neighbors": [20, 50], "fusion_tau": [0.5, 1.0, 2.0],
+                     "fusion_psi": [10.0, 20.0], "fusion_dense_weight": [0.1, 0.25, 0.5, 1.0, 2.0]},
     "cobra_sparse": {"beam_size": [20, 50]},
     "tiger": {"beam_size": [20, 50]},
 }
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
     fit_seconds = time.perf_counter() - t0
     valid_set, test_set = build_eval_set(split, "valid", 50), build_eval_set(split, "test", 50)
     log: list = []
-    grid = {} if args.no_tune else INFERENCE_GRID[args.mode]
+    grid_name = args.mode + ("_cosine" if args.mode == "cobra" and channel.similarity == "cosine" else "")
+    grid = {} if args.no_tune else INFERENCE_GRID[grid_name]
     tuned = tune(channel, grid or {"beam_size": [channel.beam_size]}, valid_set, log)
     test = evaluate(channel, test_set)
     seconds = time.perf_counter() - t0

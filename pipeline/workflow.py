@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.artifacts import atomic_dir, atomic_write_json, new_run_dir, read_json, versions
@@ -30,6 +31,7 @@ from pipeline.protocols import FitData
 from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, import_object
 
 log = logging.getLogger(__name__)
+RERANK_VECTORS = "rerank_vectors.npy"  # item vectors for the re-ranker's similarity (MMR), in the run folder
 
 
 def prepare_data(cfg: DataConfig) -> Dataset:
@@ -74,6 +76,7 @@ class Run:
     cascade: Cascade
     manifest: dict
     rankers: dict = field(default_factory=dict)  # arm name -> the ranker trained for that arm
+    rerank_vectors: np.ndarray | None = None  # item vectors the re-rankers are bound with (see reranker_vectors)
 
 
 def build_cascade(cfg: Config, channels: dict, ranker=None, reranker=None) -> Cascade:
@@ -91,6 +94,30 @@ def build_cascade(cfg: Config, channels: dict, ranker=None, reranker=None) -> Ca
     )
 
 
+def reranker_vectors(channels: dict, n_items: int) -> tuple[np.ndarray | None, str | None]:
+    """Item vectors for the re-ranker's diversity term: those of the first fitted channel (config
+    order) that has `item_vectors(ids)` returning them (two-tower, COBRA in dense mode)."""
+    ids = np.arange(n_items, dtype=np.int64)
+    for name, channel in channels.items():
+        fn = getattr(channel, "item_vectors", None)
+        vectors = fn(ids) if callable(fn) else None
+        if vectors is not None:
+            return np.ascontiguousarray(vectors, np.float32), name
+    return None, None
+
+
+def bind_reranker(reranker, dataset: Dataset, vectors: np.ndarray | None):
+    """Give a re-ranker that needs them the item table, the item vectors and the original ids."""
+    if callable(getattr(reranker, "bind", None)):
+        reranker.bind(dataset.items, vectors, dataset.item_ids)
+    return reranker
+
+
+def load_rerank_vectors(path: Path, manifest: dict) -> np.ndarray | None:
+    entry = manifest.get("rerank_vectors")
+    return np.load(Path(path) / entry["path"], allow_pickle=False) if entry else None
+
+
 def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, dataset: Dataset | None = None,
           labelled=None) -> Path:
     """Fit every enabled channel for `stage` (default cfg.eval.stage), then a trainable ranker;
@@ -102,7 +129,7 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
     data = fit_data(dataset, split, stage, cfg.run.seed)
     times = {"data": time.perf_counter() - t0}
     target = Path(run_dir) if run_dir else new_run_dir(cfg.run.root, cfg.run.name)
-    manifest_channels = []
+    manifest_channels, fitted = [], {}
     with atomic_dir(target) as tmp:
         dataset.save(tmp / "data")
         for ccfg in tqdm(cfg.enabled_channels(), desc="fit channels", unit="channel", disable=None):
@@ -113,6 +140,13 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
                 channel.save(tmp / "channels" / ccfg.name)
             times[f"fit.{ccfg.name}"] = time.perf_counter() - t
             manifest_channels.append({"name": ccfg.name, "saved": savable})
+            fitted[ccfg.name] = channel
+        vectors, source = reranker_vectors(fitted, dataset.n_items)
+        rerank_entry = None
+        if vectors is not None:
+            np.save(tmp / RERANK_VECTORS, vectors, allow_pickle=False)
+            rerank_entry = {"path": RERANK_VECTORS, "channel": source, "dim": int(vectors.shape[1])}
+        fitted.clear()
         ranker_entry = None
         cache: dict = {}  # fold channel fits shared by the run's ranker and the arms' rankers
         ranker = build_stage(cfg.ranker, RANKER_KINDS, "ranker")
@@ -141,7 +175,7 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
             "config": cfg.model_dump(mode="json"), "stage": stage, "data_fingerprint": dataset.fingerprint(),
             "data": {"name": dataset.name, "users": dataset.n_users, "items": dataset.n_items,
                      "interactions": len(dataset.interactions), "has_time": dataset.has_time},
-            "channels": manifest_channels, "ranker": ranker_entry, "arm_rankers": arm_rankers, "seconds": times, "versions": versions(),
+            "channels": manifest_channels, "rerank_vectors": rerank_entry, "ranker": ranker_entry, "arm_rankers": arm_rankers, "seconds": times, "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         atomic_write_json(tmp / "manifest.json", manifest)
@@ -175,7 +209,10 @@ def load_run(path: str | Path) -> Run:
         ranker = ranker_class(cfg).load(path / manifest["ranker"]["path"])
     rankers = {name: ranker_class(arm_config(cfg, arm)).load(path / manifest["arm_rankers"][name]["path"])
                for arm in cfg.arms if (name := arm.name) in (manifest.get("arm_rankers") or {})}
-    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels, ranker), manifest, rankers)
+    vectors = load_rerank_vectors(path, manifest)
+    reranker = bind_reranker(build_stage(cfg.rerank, RERANKER_KINDS, "rerank"), dataset, vectors)
+    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels, ranker, reranker), manifest,
+               rankers, vectors)
 
 
 def arm_config(cfg: Config, arm) -> Config | None:

@@ -16,7 +16,7 @@ from pipeline.types import PAD
 def _model(sizes, seed=0, dense=True):
     torch.manual_seed(seed)
     cfg = ModelConfig(code_sizes=sizes, n_tokens=5, content_dim=3, n_price=2, d_model=16, n_layers=1, n_heads=2,
-                      d_ff=32, max_len=8, dropout=0.0, dense=dense, dense_dim=8)
+                      d_ff=32, max_len=8, dropout=0.0, dense=dense, dense_dim=16)
     return CobraModel(cfg).eval()
 
 
@@ -78,9 +78,9 @@ def test_exhaustive_beam_matches_brute_force_probabilities():
         assert got[key] == pytest.approx(brute[key], abs=1e-5)
 
 
-def _cands(rows, beams, items, logp, cos=None):
+def _cands(rows, beams, items, logp, sim=None):
     return Candidates(np.asarray(logp, np.float64), np.asarray(rows), np.asarray(beams), np.asarray(items),
-                      None if cos is None else np.asarray(cos, np.float32))
+                      None if sim is None else np.asarray(sim, np.float32))
 
 
 def test_top_unique_keeps_best_score_per_item_and_breaks_ties_by_id():
@@ -102,7 +102,7 @@ def test_leaf_candidates_and_drop_seen():
 
 def test_beamfusion_is_the_product_of_the_two_softmaxes():
     logp = [[np.log(0.6), np.log(0.3), -np.inf]]
-    c = _cands([0, 0, 0], [0, 0, 1], [10, 11, 12], logp, cos=[0.5, 0.1, 0.9])
+    c = _cands([0, 0, 0], [0, 0, 1], [10, 11, 12], logp, sim=[0.5, 0.1, 0.9])
     cfg = BeamConfig(tau=1.0, psi=2.0)
     got = np.exp(fusion_scores(c, cfg))
     beam = np.array([0.6, 0.3]) / 0.9
@@ -121,7 +121,7 @@ def test_sparse_scores_add_the_in_id_prior():
 
 def test_neighbour_search_once_per_shared_dense_vector_gives_the_same_lists():
     from channels.cobra.catalog import IndexConfig, build_index, normalize
-    from channels.cobra.beam import neighbor_candidates, with_cosine
+    from channels.cobra.beam import neighbor_candidates, with_similarity
 
     rng = np.random.default_rng(0)
     item_vecs = normalize(rng.normal(size=(40, 8)).astype(np.float32))
@@ -134,6 +134,27 @@ def test_neighbour_search_once_per_shared_dense_vector_gives_the_same_lists():
     cfg = BeamConfig(psi=5.0)
     lists = []
     for g in (None, groups):
-        c = with_cosine(neighbor_candidates(base, v_hat, index, 6, g), v_hat, item_vecs)
+        c = with_similarity(neighbor_candidates(base, v_hat, index, 6, g), v_hat, item_vecs)
         lists.append(top_unique(c, fusion_scores(c, cfg), 8))
     np.testing.assert_array_equal(lists[0].items, lists[1].items)
+
+
+def test_own_id_score_lets_the_sparse_side_reorder_catalog_neighbours():
+    from channels.cobra.beam import with_own_beams
+
+    # one request, beams 0 (ID leaf 4, p .7), 1 (leaf 9, p .2), 2 dead; every candidate was found by
+    # beam 0's dense vector (the dense head does not read the ID). Items 20/21/22 live in leaves 9/4/7.
+    logp = [[np.log(0.7), np.log(0.2), -np.inf]]
+    c = _cands([0, 0, 0], [0, 0, 0], [20, 21, 22], logp, sim=[0.9, 0.8, 0.85])
+    item_leaf = np.full(30, -1, np.int64)
+    item_leaf[[20, 21, 22]] = [9, 4, 7]
+    c = with_own_beams(c, np.array([[4, 9, -1]]), item_leaf)
+    assert c.own_beams.tolist() == [1, 0, 1]  # leaf 7 is no beam's: the weakest live beam (1)
+    by_search = top_unique(c, fusion_scores(c, BeamConfig(psi=1.0)), 3).items[0].tolist()
+    by_own = top_unique(c, fusion_scores(c, BeamConfig(psi=1.0, neighbor_id_score="own")), 3).items[0].tolist()
+    assert by_search == [20, 22, 21]  # one shared beam score: the dense order
+    assert by_own == [21, 20, 22]  # item 21's own ID is the likely one; 20 and 22 share beam 1
+    sub = c.subset(np.array([False, True, True]))
+    assert sub.own_beams.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="neighbor_id_score must be one of"):
+        BeamConfig(neighbor_id_score="mine")

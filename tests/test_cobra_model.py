@@ -7,8 +7,13 @@ import torch
 from channels.cobra.model import CobraModel, ModelConfig
 from channels.cobra.train import BatchLoss, TrainConfig, build_windows
 
+# the first design (MLP heads, 0.02 embeddings): pinned so its golden values stay checked
 CFG = ModelConfig(code_sizes=(4, 3), n_tokens=6, content_dim=3, n_price=3, n_items=5, d_model=8, n_layers=1,
-                  n_heads=2, d_ff=16, max_len=4, dropout=0.0, dense=True, dense_dim=4)
+                  n_heads=2, d_ff=16, max_len=4, dropout=0.0, dense=True, dense_dim=4, dense_head="mlp",
+                  item_head="mlp", embed_std=0.02)
+# the default design: identity dense head, linear item head, d ** -0.5 embeddings
+DEFAULT = ModelConfig(code_sizes=(4, 3), n_tokens=6, content_dim=3, n_price=3, n_items=5, d_model=8, n_layers=1,
+                      n_heads=2, d_ff=16, max_len=4, dropout=0.0, dense=True, dense_dim=8)
 FEATS = {"tokens": torch.tensor([[1, 2], [3, 0], [4, 5]]), "weights": torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.5, 0.5]]),
          "content": torch.tensor([[0.1, 0.2, 0.3], [0.0, 1.0, 0.0], [0.5, -0.5, 0.1]]),
          "price": torch.tensor([1, 2, 0]), "ids": torch.tensor([1, 0, 3])}
@@ -45,6 +50,31 @@ def test_golden_training_loss():
     assert float(out["sparse"]) == pytest.approx(1.242697, abs=1e-5)
     assert float(out["dense"]) == pytest.approx(5.799667, abs=1e-4)
     assert float(out["loss"]) == pytest.approx(1.242697 + 5.799667, abs=1e-4)
+
+
+def test_golden_values_of_the_default_design_and_its_dot_loss():
+    torch.manual_seed(0)
+    m = CobraModel(DEFAULT).eval()
+    with torch.no_grad():
+        v = m.item_encoder(FEATS)
+        h = m.encode(CODES[None], v[None], torch.tensor([[False, True, True]]))
+        _, v_hat = m.teacher_forced(h[:, -1], torch.tensor([[2, 1]]))
+        fn = BatchLoss(m, CODES, FEATS, None, TrainConfig(id_dropout=0.0, temperature=1.0, similarity="dot", negatives="full"))
+        out = fn(torch.tensor([[-1, 0, 1], [0, 2, 1]]), torch.tensor([[-1, 1, 2], [2, 1, 0]]))
+    torch.testing.assert_close(v_hat, h[:, -1] + m.code_cond[0].weight[2] + m.code_cond[1].weight[1])  # identity head
+    _close(v[0, :4], [-0.025033, -0.037734, 0.044159, 0.001403])
+    _close(h[0, -1, :4], [-0.619249, -1.948893, -0.452632, 1.739574])
+    assert float(out["sparse"]) == pytest.approx(1.242438, abs=1e-5)
+    assert float(out["dense"]) == pytest.approx(1.108278, abs=1e-4)
+
+
+def test_model_config_rejects_bad_heads():
+    with pytest.raises(ValueError, match="dense_head must be one of"):
+        ModelConfig(code_sizes=(4,), dense_head="deep")
+    with pytest.raises(ValueError, match="item_head must be one of"):
+        ModelConfig(code_sizes=(4,), item_head="identity")
+    with pytest.raises(ValueError, match="needs dense_dim == d_model"):
+        ModelConfig(code_sizes=(4,), d_model=8, dense_dim=4)
 
 
 def test_history_states_are_causal_and_ignore_padding():
@@ -89,7 +119,7 @@ def test_dense_levels_conditions_the_dense_head_on_a_prefix():
 
 def test_bad_head_count_is_rejected():
     with pytest.raises(ValueError, match="divisible"):
-        CobraModel(ModelConfig(code_sizes=(4,), d_model=10, n_heads=3))
+        CobraModel(ModelConfig(code_sizes=(4,), d_model=10, n_heads=3, dense_dim=10))
 
 
 def test_windows_make_every_position_a_target():

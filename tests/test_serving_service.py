@@ -180,6 +180,21 @@ def test_channels_named_in_config_must_exist(run_dir):
         check(run_dir, parse_serve_config({"channels": {"ghost": {}}}))
 
 
+def test_cpu_demand_must_fit_the_local_node(run_dir):
+    pytest.importorskip("ray.serve")
+    from pipeline.serving.app import check_cpus, cpu_demand
+
+    cfg = parse_serve_config({"channel_defaults": {"num_cpus": 0.5}, "ingress": {"replicas": 2, "num_cpus": 0.25}})
+    demand = cpu_demand(run_dir, cfg)
+    channels = RunView.open(run_dir).channel_configs()
+    assert demand["ingress"] == 0.5 and demand["ranker"] == 0.25
+    assert sum(v for k, v in demand.items() if k.startswith("channel-")) == 0.5 * len(channels)
+    total = sum(demand.values())
+    check_cpus(demand, total)  # an exact fit is fine
+    with pytest.raises(ConfigError, match=rf"reserve {total:g} CPUs .*ingress 0.5.* but the Ray node has 1; lower num_cpus"):
+        check_cpus(demand, 1.0)
+
+
 def test_warmup_touches_every_stage(run_dir, tmp_path):
     service, backends, _, _ = _service(run_dir, tmp_path)
     calls = []

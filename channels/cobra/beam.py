@@ -10,7 +10,13 @@ item has. `fuse` then scores the candidate items of every beam:
 - BeamFusion (COBRA): the items inside each beam's ID, plus optionally the `catalog_neighbors`
   nearest items of the beam's dense vector in the whole catalog (faiss), scored
       sparse_weight * log softmax_beams(tau * log P(ID)) + dense_weight * log softmax_cands(psi * cos(v_hat, v_item)),
-  i.e. the product Softmax(tau phi(ID)) x Softmax(psi cos) of the COBRA paper when both weights are 1.
+  i.e. the product Softmax(tau phi(ID)) x Softmax(psi cos) of the COBRA paper when both weights are 1;
+  with `similarity: dot` the raw dot product v_hat . v_item takes the cosine's place. A catalog
+  neighbour's log P(ID) is that of the beam whose dense vector found it (`neighbor_id_score:
+  search`, as in the paper), or that of its own ID (`own`: the beam holding its ID, else the
+  weakest live beam, an upper bound for an ID outside the beam). The two differ when the dense
+  vector does not depend on the ID (dense_levels 0): there every neighbour would inherit the best
+  beam's score and the sparse side could not reorder them.
 Candidates are kept flat (request, beam, item) so that the cost follows the number of real
 candidates, not the largest ID. An item reached by several beams keeps its best score; seen items
 are removed; top k per request.
@@ -28,6 +34,7 @@ from channels.cobra.trie import CodeTrie
 from pipeline.types import PAD, Retrieved
 
 NEG_INF = float("-inf")
+NEIGHBOR_ID_SCORES = ("search", "own")
 
 
 @dataclass(frozen=True)
@@ -35,14 +42,17 @@ class BeamConfig:
     beam_size: int = 20
     catalog_neighbors: int = 0  # per beam, nearest items of v_hat in the whole catalog (COBRA only)
     tau: float = 1.0  # beam-score temperature (multiplies log P(ID) before the softmax over beams)
-    psi: float = 20.0  # dense-similarity scale (multiplies the cosine before the softmax)
+    psi: float = 20.0  # dense-similarity scale (multiplies the cosine / dot product before the softmax)
     sparse_weight: float = 1.0
     dense_weight: float = 1.0
     max_leaf_items: int | None = None  # cap on the items read from one ID (None: all)
+    neighbor_id_score: str = "search"  # log P(ID) of a catalog neighbour: its finding beam's, or its own ID's
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.neighbor_id_score not in NEIGHBOR_ID_SCORES:
+            raise ValueError(f"neighbor_id_score must be one of {NEIGHBOR_ID_SCORES}, got {self.neighbor_id_score!r}")
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,15 @@ def beam_search(model: CobraModel, h: torch.Tensor, trie: CodeTrie, beam_size: i
 @dataclass(frozen=True)
 class Candidates:
     """The items behind a batch's beams, flat: candidate t is item `items[t]` reached by beam
-    `beams[t]` of request `rows[t]`; `cos` is its cosine with that beam's dense vector (COBRA)."""
+    `beams[t]` of request `rows[t]`; `sim` is its similarity with that beam's dense vector (COBRA);
+    `own_beams` the beam holding the item's own ID (the row's weakest live beam when none does)."""
 
     beam_logp: np.ndarray  # float64 (B, W)
     rows: np.ndarray  # int64 (T,)
     beams: np.ndarray  # int64 (T,)
     items: np.ndarray  # int64 (T,)
-    cos: np.ndarray | None = None  # float32 (T,)
+    sim: np.ndarray | None = None  # float32 (T,)
+    own_beams: np.ndarray | None = None  # int64 (T,)
 
     @property
     def n_rows(self) -> int:
@@ -99,7 +111,18 @@ class Candidates:
 
     def subset(self, keep: np.ndarray) -> "Candidates":
         return Candidates(self.beam_logp, self.rows[keep], self.beams[keep], self.items[keep],
-                          None if self.cos is None else self.cos[keep])
+                          None if self.sim is None else self.sim[keep],
+                          None if self.own_beams is None else self.own_beams[keep])
+
+
+def with_own_beams(cands: Candidates, beam_leaf: np.ndarray, item_leaf: np.ndarray) -> Candidates:
+    """Attach, for every candidate, the beam of its row whose ID is the item's own (leaf ids:
+    beam_leaf (B, W), -1 for dead beams; item_leaf (n_items,)), else the row's weakest live beam."""
+    leaves = beam_leaf[cands.rows]  # (T, W)
+    match = (leaves == item_leaf[cands.items][:, None]) & (leaves >= 0)
+    weakest = np.maximum(np.isfinite(cands.beam_logp).sum(axis=1) - 1, 0)  # beams are sorted best first
+    own = np.where(match.any(axis=1), match.argmax(axis=1), weakest[cands.rows]).astype(np.int64)
+    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, cands.sim, own)
 
 
 def leaf_candidates(beams: Beams, trie: CodeTrie, max_leaf_items: int | None = None) -> Candidates:
@@ -137,14 +160,14 @@ def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index
     items = nb.reshape(-1).astype(np.int64)
     ok = items >= 0
     return Candidates(cands.beam_logp, np.r_[cands.rows, slot[ok] // w], np.r_[cands.beams, slot[ok] % w],
-                      np.r_[cands.items, items[ok]], cands.cos)
+                      np.r_[cands.items, items[ok]], cands.sim)
 
 
-def with_cosine(cands: Candidates, v_hat: np.ndarray, item_vecs: np.ndarray) -> Candidates:
-    """Attach cos(v_hat of the candidate's beam, item vector) (both normalised)."""
+def with_similarity(cands: Candidates, v_hat: np.ndarray, item_vecs: np.ndarray) -> Candidates:
+    """Attach the similarity v_hat . v_item of each candidate's beam (the cosine when both are normalised)."""
     vh = torch.from_numpy(np.ascontiguousarray(v_hat))[torch.from_numpy(cands.rows), torch.from_numpy(cands.beams)]  # (T, D)
     iv = torch.from_numpy(item_vecs)[torch.from_numpy(cands.items)]  # (T, D)
-    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, (vh * iv).sum(-1).numpy())
+    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, (vh * iv).sum(-1).numpy(), cands.own_beams)
 
 
 def drop_seen(cands: Candidates, history: np.ndarray, n_items: int) -> Candidates:
@@ -171,9 +194,10 @@ def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def fusion_scores(cands: Candidates, cfg: BeamConfig) -> np.ndarray:
-    """BeamFusion: sparse_weight * log softmax_W(tau * logP(ID)) + dense_weight * log softmax_cands(psi * cos)."""
-    beam = _log_softmax(cfg.tau * cands.beam_logp, axis=1)[cands.rows, cands.beams]  # (T,)
-    dense = _segment_log_softmax(cfg.psi * cands.cos, cands.rows, cands.n_rows)  # (T,)
+    """BeamFusion: sparse_weight * log softmax_W(tau * logP(ID)) + dense_weight * log softmax_cands(psi * sim)."""
+    by = cands.own_beams if cfg.neighbor_id_score == "own" and cands.own_beams is not None else cands.beams
+    beam = _log_softmax(cfg.tau * cands.beam_logp, axis=1)[cands.rows, by]  # (T,)
+    dense = _segment_log_softmax(cfg.psi * cands.sim, cands.rows, cands.n_rows)  # (T,)
     return (cfg.sparse_weight * beam + cfg.dense_weight * dense).astype(np.float32)
 
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from channels.cobra.beam import (
-    BeamConfig, Candidates, beam_search, drop_seen, fusion_scores, leaf_candidates, neighbor_candidates, sparse_scores,
-    top_unique, with_cosine,
+    NEIGHBOR_ID_SCORES, BeamConfig, Candidates, beam_search, drop_seen, fusion_scores, leaf_candidates,
+    neighbor_candidates, sparse_scores, top_unique, with_own_beams, with_similarity,
 )
 from channels.cobra.catalog import IndexConfig, build_index, encode_items, leaf_log_prior, load_index, normalize, save_index
 from channels.cobra.encoder import ContentEncoder, EncoderConfig
@@ -53,18 +53,23 @@ class CobraChannel:
         rqvae_beta: float = 0.25, rqvae_lr: float = 1e-3,
         d_model: int = 64, n_layers: int = 2, n_heads: int = 2, d_ff: int = 256, max_len: int = 50,
         dropout: float = 0.2, dense_dim: int = 64, max_tokens: int = 32, price_buckets: int = 10,
-        id_embedding: bool = False, dense_levels: int | None = None,
+        id_embedding: bool = False, dense_levels: int | None = None, dense_head: str = "identity",
+        item_head: str = "linear", embed_std: float | None = None, similarity: str = "dot",
         lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128, max_epochs: int = 40, patience: int = 4,
-        epochs: int = 15, dense_loss_weight: float = 1.0, temperature: float = 0.05, negatives: str = "in_batch",
+        epochs: int = 15, dense_loss_weight: float = 1.0, sparse_loss_weight: float = 1.0, temperature: float = 1.0,
+        negatives: str = "full",
         logq: bool = True, id_dropout: float = 0.1, max_train_seconds: float | None = None, valid_users: int | None = 5000,
         clip_norm: float | None = None,
         beam_size: int = 20, catalog_neighbors: int = 0, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
         fusion_sparse_weight: float = 1.0, fusion_dense_weight: float = 1.0, max_leaf_items: int | None = None,
+        neighbor_id_score: str = "search",
         index: str = "flat", hnsw_m: int = 32, ef_search: int = 128,
         num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if neighbor_id_score not in NEIGHBOR_ID_SCORES:
+            raise ValueError(f"neighbor_id_score must be one of {NEIGHBOR_ID_SCORES}, got {neighbor_id_score!r}")
         self.name, self.mode = name, mode
         self.text, self.svd_dim, self.min_df, self.sentence_model = text, svd_dim, min_df, sentence_model
         self.collab, self.collab_dim, self.collab_window = collab, collab_dim, collab_window
@@ -75,12 +80,15 @@ class CobraChannel:
         self.d_model, self.n_layers, self.n_heads, self.d_ff, self.max_len = d_model, n_layers, n_heads, d_ff, max_len
         self.dropout, self.dense_dim, self.max_tokens, self.price_buckets = dropout, dense_dim, max_tokens, price_buckets
         self.id_embedding, self.dense_levels = id_embedding, dense_levels
+        self.dense_head, self.item_head, self.embed_std, self.similarity = dense_head, item_head, embed_std, similarity
+        self.sparse_loss_weight = sparse_loss_weight
         self.lr, self.weight_decay, self.batch_size, self.max_epochs = lr, weight_decay, batch_size, max_epochs
         self.patience, self.epochs, self.dense_loss_weight, self.temperature = patience, epochs, dense_loss_weight, temperature
         self.negatives, self.logq, self.id_dropout, self.max_train_seconds = negatives, logq, id_dropout, max_train_seconds
         self.valid_users, self.clip_norm = valid_users, clip_norm
         self.beam_size, self.catalog_neighbors, self.fusion_tau, self.fusion_psi = beam_size, catalog_neighbors, fusion_tau, fusion_psi
         self.fusion_sparse_weight, self.fusion_dense_weight, self.max_leaf_items = fusion_sparse_weight, fusion_dense_weight, max_leaf_items
+        self.neighbor_id_score = neighbor_id_score
         self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
 
@@ -108,12 +116,14 @@ class CobraChannel:
                            max_epochs=self.max_epochs, patience=self.patience, epochs=self.epochs,
                            dense_weight=self.dense_loss_weight, temperature=self.temperature, negatives=self.negatives,
                            logq=self.logq, id_dropout=self.id_dropout, max_len=self.max_len, seed=seed,
-                           progress=self.progress, max_seconds=self.max_train_seconds, clip_norm=self.clip_norm)
+                           progress=self.progress, max_seconds=self.max_train_seconds, clip_norm=self.clip_norm,
+                           similarity=self.similarity, sparse_weight=self.sparse_loss_weight)
 
     def beam_config(self, beam_size: int | None = None) -> BeamConfig:
         return BeamConfig(beam_size=beam_size or self.beam_size, catalog_neighbors=self.catalog_neighbors,
                           tau=self.fusion_tau, psi=self.fusion_psi, sparse_weight=self.fusion_sparse_weight,
-                          dense_weight=self.fusion_dense_weight, max_leaf_items=self.max_leaf_items)
+                          dense_weight=self.fusion_dense_weight, max_leaf_items=self.max_leaf_items,
+                          neighbor_id_score=self.neighbor_id_score)
 
     def index_config(self) -> IndexConfig:
         return IndexConfig(kind=self.index, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
@@ -131,7 +141,8 @@ class CobraChannel:
             code_sizes=tuple(self.sizes_), n_tokens=len(getattr(self.encoder_, "vocabulary_", {}) or {}) + 1,
             content_dim=content_dim, n_price=len(self.price_edges_) + 2, n_items=data.n_items if self.id_embedding else 0,
             d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_ff=self.d_ff, max_len=self.max_len,
-            dropout=self.dropout, dense=self.dense, dense_dim=self.dense_dim, dense_levels=self.dense_levels)
+            dropout=self.dropout, dense=self.dense, dense_dim=self.dense_dim, dense_levels=self.dense_levels,
+            dense_head=self.dense_head, item_head=self.item_head, embed_std=self.embed_std)
         torch.manual_seed(seed)
         self.model_ = CobraModel(self.model_cfg_)
         self._refresh()
@@ -198,8 +209,12 @@ class CobraChannel:
             raw = encode_items(self.model_, self.features_)
             raw[~self.active_] = 0.0
             self.item_raw_ = raw
-            self.item_vecs_ = normalize(raw)
+            self.item_vecs_ = self._scored(raw)
             self.index_ = build_index(self.item_vecs_, np.flatnonzero(self.active_), self.index_config())
+
+    def _scored(self, raw: np.ndarray) -> np.ndarray:
+        """The item vectors the dense similarity reads: L2-normalised (cosine) or raw (dot)."""
+        return normalize(raw) if self.similarity == "cosine" else np.ascontiguousarray(raw, np.float32)
 
     # ---- retrieve -------------------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -237,11 +252,13 @@ class CobraChannel:
         beams = beam_search(self.model_, self.history_states(history), self.trie_, cfg.beam_size)
         cands = leaf_candidates(beams, self.trie_, cfg.max_leaf_items)
         if self.dense:
-            v_hat = F.normalize(self.model_.dense_vector(beams.dense_state), dim=-1).numpy()  # (B, W, D)
+            v_hat = self.model_.dense_vector(beams.dense_state)  # (B, W, D)
+            v_hat = (F.normalize(v_hat, dim=-1) if self.similarity == "cosine" else v_hat).numpy()
             if cfg.catalog_neighbors > 0:
                 groups = beams.codes[..., : self.model_cfg_.dense_after].numpy()  # beams sharing v_hat
                 cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups)
-            cands = with_cosine(cands, v_hat, self.item_vecs_)
+                cands = with_own_beams(cands, beams.leaf.numpy(), self.trie_.item_leaf)
+            cands = with_similarity(cands, v_hat, self.item_vecs_)
         return drop_seen(cands, history, len(self.active_))
 
     def score(self, cands: Candidates, k: int) -> Retrieved:
@@ -252,6 +269,17 @@ class CobraChannel:
 
     def _retrieve_rows(self, history: np.ndarray, k: int, beam_size: int | None) -> Retrieved:
         return self.score(self.candidates(history, beam_size), k)
+
+    def item_vectors(self, items: np.ndarray) -> np.ndarray | None:
+        """The dense vectors the channel scores with (float32 [n, D]) of item ids; None in the
+        sparse-only modes, which have none. Inactive ids give zero rows."""
+        self._check_fitted()
+        if not self.dense:
+            return None
+        ids = np.asarray(items, np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.item_vecs_)):
+            raise ValueError(f"channel '{self.name}': item ids must be in [0, {len(self.item_vecs_)}); add new items with add_items()")
+        return self.item_vecs_[ids]
 
     # ---- new items ------------------------------------------------------------------------
     def add_items(self, items: pd.DataFrame) -> np.ndarray:
@@ -282,7 +310,7 @@ class CobraChannel:
         self.log_prior_ = leaf_log_prior(self.trie_, self.popularity_, self.active_)
         if self.dense:
             raw = encode_items(self.model_, self.features_, ids)
-            self.item_raw_[ids], self.item_vecs_[ids] = raw, normalize(raw)
+            self.item_raw_[ids], self.item_vecs_[ids] = raw, self._scored(raw)
             self.index_.add_with_ids(np.ascontiguousarray(self.item_vecs_[ids]), ids)
         return codes
 
@@ -355,7 +383,7 @@ class CobraChannel:
         ch.log_prior_ = leaf_log_prior(ch.trie_, ch.popularity_, ch.active_)
         if ch.dense:
             ch.item_raw_ = np.load(path / "item_raw.npy", allow_pickle=False)
-            ch.item_vecs_ = normalize(ch.item_raw_)
+            ch.item_vecs_ = ch._scored(ch.item_raw_)
             ch.index_ = load_index(path / "index.faiss", ch.index_config())
         return ch
 

@@ -22,6 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+HEADS = ("identity", "linear", "mlp")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     code_sizes: tuple[int, ...]  # codebook size per level (TIGER: + the disambiguation level)
@@ -38,6 +41,17 @@ class ModelConfig:
     dense: bool = True  # dense vectors in the input and the dense head (COBRA); False: sparse only
     dense_dim: int = 64
     dense_levels: int | None = None  # ID levels the dense head is conditioned on (None: all)
+    dense_head: str = "identity"  # state -> predicted dense vector: 'identity' (dense_dim == d_model), 'linear', 'mlp'
+    item_head: str = "linear"  # item-encoder output layer: 'linear' or 'mlp' (LayerNorm + 2 layers)
+    embed_std: float | None = None  # init std of the token/code/id embeddings (None: d_model ** -0.5)
+
+    def __post_init__(self) -> None:
+        if self.dense_head not in HEADS:
+            raise ValueError(f"dense_head must be one of {HEADS}, got {self.dense_head!r}")
+        if self.item_head not in HEADS[1:]:
+            raise ValueError(f"item_head must be one of {HEADS[1:]}, got {self.item_head!r}")
+        if self.dense and self.dense_head == "identity" and self.dense_dim != self.d_model:
+            raise ValueError(f"dense_head 'identity' needs dense_dim == d_model, got {self.dense_dim} and {self.d_model}")
 
     @property
     def dense_after(self) -> int:
@@ -47,6 +61,12 @@ class ModelConfig:
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+def _head(kind: str, d_in: int, d_out: int) -> nn.Module:
+    if kind == "identity":
+        return nn.Identity()
+    return nn.Linear(d_in, d_out) if kind == "linear" else _mlp(d_in, 2 * d_in, d_out)
 
 
 class ItemEncoder(nn.Module):
@@ -59,7 +79,7 @@ class ItemEncoder(nn.Module):
         self.content = nn.Linear(cfg.content_dim, d) if cfg.content_dim else None
         self.price = nn.Embedding(max(cfg.n_price, 1), d)
         self.ids = nn.Embedding(cfg.n_items + 1, d) if cfg.n_items else None
-        self.out = _mlp(d, d, cfg.dense_dim)
+        self.out = nn.Linear(d, cfg.dense_dim) if cfg.item_head == "linear" else _mlp(d, d, cfg.dense_dim)
 
     def forward(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.tokens(f["tokens"], per_sample_weights=f["weights"])  # (N, d)
@@ -111,8 +131,15 @@ class CobraModel(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.code_heads = nn.ModuleList(_mlp(d, d, k) for k in cfg.code_sizes)
-        self.dense_head = _mlp(d, 2 * d, cfg.dense_dim) if cfg.dense else None
+        self.dense_head = _head(cfg.dense_head, d, cfg.dense_dim) if cfg.dense else None
         self.apply(self._init)
+        # token, code and id embeddings are then redrawn at embed_std (the first design kept 0.02)
+        embed_std = d ** -0.5 if cfg.embed_std is None else cfg.embed_std
+        if embed_std != 0.02:
+            inputs = [*self.code_in] + ([self.item_encoder.tokens, self.item_encoder.price, self.item_encoder.ids] if cfg.dense else [])
+            for emb in inputs:
+                if emb is not None:
+                    nn.init.normal_(emb.weight, std=embed_std)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -150,7 +177,7 @@ class CobraModel(nn.Module):
         return self.code_heads[level](state)  # (..., K_level)
 
     def dense_vector(self, state: torch.Tensor) -> torch.Tensor:
-        """The predicted dense vector from the state after the full ID (unnormalised)."""
+        """The predicted dense vector from the state after the ID (unnormalised)."""
         assert self.dense_head is not None, "sparse-only model has no dense head"
         return self.dense_head(state)
 

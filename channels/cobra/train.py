@@ -31,6 +31,7 @@ from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
 NEGATIVES = ("in_batch", "catalog", "full")
+SIMILARITIES = ("cosine", "dot")
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,14 @@ class TrainConfig:
     progress: bool = True
     max_seconds: float | None = None  # stop after the epoch that crosses this budget
     clip_norm: float | None = None  # clip the gradient's global norm (None: no clipping)
+    similarity: str = "cosine"  # dense logits: cosine / temperature, or the raw dot product / temperature
+    sparse_weight: float = 1.0  # weight of the code cross-entropy in the loss
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.clip_norm is not None and self.clip_norm <= 0:
@@ -145,11 +150,11 @@ class BatchLoss:
         tcodes = self.codes[tgt]  # (P, L)
         logits, v_hat = model.teacher_forced(h, tcodes)
         sparse = torch.stack([F.cross_entropy(lg, tcodes[:, i]) for i, lg in enumerate(logits)]).mean()
-        out = {"sparse": sparse, "loss": sparse}
+        out = {"sparse": sparse, "loss": cfg.sparse_weight * sparse}
         if v_hat is not None:
             dense = self._dense_loss(v_hat, tgt, vecs, uniq, gen)
             out["dense"] = dense
-            out["loss"] = sparse + cfg.dense_weight * dense
+            out["loss"] = out["loss"] + cfg.dense_weight * dense
         return out
 
     def _dense_loss(self, v_hat, tgt, vecs, uniq, gen) -> torch.Tensor:
@@ -166,7 +171,9 @@ class BatchLoss:
             cand = torch.unique(tgt)  # (C,)
             cand_vecs = vecs[torch.searchsorted(uniq, cand)]  # (C, Dd)
         labels = torch.searchsorted(cand, tgt)  # (P,)
-        logits = F.normalize(v_hat, dim=-1) @ F.normalize(cand_vecs, dim=-1).T / cfg.temperature  # (P, C)
+        if cfg.similarity == "cosine":
+            v_hat, cand_vecs = F.normalize(v_hat, dim=-1), F.normalize(cand_vecs, dim=-1)
+        logits = v_hat @ cand_vecs.T / cfg.temperature  # (P, C)
         if cfg.negatives == "in_batch" and cfg.logq and self.log_q is not None:
             logits = logits - self.log_q[cand][None, :]
         return F.cross_entropy(logits, labels)

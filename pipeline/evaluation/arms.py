@@ -14,6 +14,7 @@ from pipeline.cascade import Cascade
 from pipeline.config import ArmConfig, ConfigError
 from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_stage
 from pipeline.types import RequestBatch
+from pipeline.workflow import bind_reranker
 
 DEFAULT_ARM = "cascade"
 
@@ -50,9 +51,8 @@ def build_arm(run, arm: ArmConfig) -> Arm:
     quotas = {n: run.cascade.quotas.get(n, 100) for n in names} | dict(arm.quotas)
     base = run.cascade
     reranker = base.reranker if arm.rerank is None else build_stage(arm.rerank, RERANKER_KINDS, f"arm '{arm.name}' rerank")
-    bind = getattr(reranker, "bind", None)
-    if arm.rerank is not None and callable(bind):
-        bind(run.dataset.items)
+    if arm.rerank is not None:
+        bind_reranker(reranker, run.dataset, getattr(run, "rerank_vectors", None))
     cascade = Cascade(
         [run.channels[n] for n in names], quotas, ranker=_ranker(run, arm), reranker=reranker,
         budget=arm.budget or base.pool_spec.budget, exclude_seen=base.pool_spec.exclude_seen,

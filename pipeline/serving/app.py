@@ -126,10 +126,38 @@ def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
     )
 
 
+def cpu_demand(run_path: str | Path, cfg: ServeConfig) -> dict[str, float]:
+    """CPUs each deployment reserves (replicas x num_cpus), by deployment name."""
+    view = RunView.open(run_path, cfg.extra_channels)
+    demand = {f"channel-{name}": cfg.channel(name).replicas * cfg.channel(name).num_cpus for name in view.channel_configs()}
+    for name, d in (("ranker", cfg.ranker), ("reranker", cfg.reranker), ("ingress", cfg.ingress)):
+        demand[name] = d.replicas * d.num_cpus
+    return demand
+
+
+def check_cpus(demand: dict[str, float], available: float) -> None:
+    """Ray never schedules a replica that does not fit and Serve then waits forever: refuse up front."""
+    total = sum(demand.values())
+    if total > available + 1e-9:
+        parts = ", ".join(f"{k} {v:g}" for k, v in demand.items())
+        raise ConfigError(
+            f"serving config: the deployments reserve {total:g} CPUs ({parts}) but the Ray node has {available:g}; "
+            "lower num_cpus (or replicas) in channel_defaults / channels / ranker / reranker / ingress, "
+            "or raise ray.num_cpus")
+
+
 def start(run_path: str | Path, cfg: ServeConfig, log_to_driver: bool = False) -> str:
     """Start (or join) Ray, start Serve on cfg.http, deploy the app; returns its base URL."""
     app = build_app(run_path, cfg)
+    started = not ray.is_initialized()
     init_ray(cfg, log_to_driver)
+    if not cfg.ray.address:  # a cluster may add nodes; a local node never does
+        try:
+            check_cpus(cpu_demand(run_path, cfg), float(ray.cluster_resources().get("CPU", 0.0)))
+        except ConfigError:
+            if started:
+                ray.shutdown()
+            raise
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port}, proxy_location="HeadOnly",
                 logging_config={"enable_access_log": False})
     serve.run(app, name=cfg.ray.app_name, route_prefix="/", logging_config={"enable_access_log": False})

@@ -80,10 +80,10 @@ class RunView:
         return ranker
 
     def build_reranker(self, cfg: StageConfig | None = None) -> Any:
+        from pipeline.workflow import bind_reranker, load_rerank_vectors
+
         reranker = build_stage(cfg or self.config.rerank, RERANKER_KINDS, "rerank")
-        if callable(getattr(reranker, "bind", None)):
-            reranker.bind(self.dataset.items, None, self.dataset.item_ids)
-        return reranker
+        return bind_reranker(reranker, self.dataset, load_rerank_vectors(self.path, self.manifest))
 
 
 @dataclass(frozen=True)
