@@ -375,7 +375,8 @@ class CobraChannel:
         for name in ("codes_", "active_", "popularity_", "price_edges_"):
             setattr(ch, name, np.load(path / f"{name[:-1]}.npy", allow_pickle=False))
         ch.features_ = ItemFeatures.load(path)
-        ch.model_cfg_ = ModelConfig(**(meta["model"] | {"code_sizes": tuple(meta["model"]["code_sizes"])}))
+        legacy = {"dense_head": "mlp", "item_head": "mlp", "embed_std": 0.02}  # runs saved before these fields
+        ch.model_cfg_ = ModelConfig(**(legacy | meta["model"] | {"code_sizes": tuple(meta["model"]["code_sizes"])}))
         ch.model_ = CobraModel(ch.model_cfg_)
         ch.model_.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
         ch.model_.eval()
