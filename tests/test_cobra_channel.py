@@ -66,6 +66,30 @@ def test_retrieve_excludes_seen_items_and_returns_k(world, fitted):
         assert np.all(np.diff(out.scores[row][np.isfinite(out.scores[row])]) <= 0)
 
 
+def test_catalog_neighbours_are_scored_by_their_own_id(world, fitted):
+    from channels.cobra.beam import beam_search
+
+    _, _, _, evalset = world
+    ch = fitted["cobra"]
+    saved = ch.catalog_neighbors, ch.neighbor_id_score
+    try:
+        ch.catalog_neighbors, ch.neighbor_id_score = 15, "own"
+        hist = evalset.batch.history[:64]
+        cands = ch.candidates(hist)
+        beam_leaf = beam_search(ch.model_, ch.history_states(hist), ch.trie_, ch.beam_size).leaf.numpy()  # (B, W)
+        item_leaf = ch.trie_.item_leaf[cands.items]
+        held = (beam_leaf[cands.rows] == item_leaf[:, None]).any(axis=1)  # the item's ID is among its row's beams
+        assert held.any() and (~held).any()  # leaf items and neighbours from outside the beams
+        np.testing.assert_array_equal(beam_leaf[cands.rows[held], cands.own_beams[held]], item_leaf[held])
+        weakest = np.isfinite(cands.beam_logp).sum(axis=1) - 1
+        np.testing.assert_array_equal(cands.own_beams[~held], weakest[cands.rows[~held]])
+        out = ch.score(cands, 10).items
+        assert all(len(set(row[row != PAD].tolist())) == (row != PAD).sum() for row in out)
+        assert all(not (set(row.tolist()) & set(h[h != PAD].tolist())) for row, h in zip(out, hist))
+    finally:
+        ch.catalog_neighbors, ch.neighbor_id_score = saved
+
+
 def test_tiger_ids_are_unique_and_report_collisions_before(fitted):
     ch = fitted["tiger"]
     codes = ch.codes_[ch.active_]
@@ -151,6 +175,8 @@ def test_registry_builds_the_channel_from_config():
 def test_errors_before_fit_and_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         CobraChannel(mode="hstu")
+    with pytest.raises(ValueError, match=r"neighbor_id_score must be one of \('search', 'own'\), got 'best'"):
+        CobraChannel(neighbor_id_score="best")
     from pipeline.types import RequestBatch
 
     with pytest.raises(RuntimeError, match="fit"):
