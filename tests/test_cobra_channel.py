@@ -117,6 +117,20 @@ def test_save_load_round_trip_without_pickle(world, fitted, tmp_path):
     json.loads((tmp_path / "cobra" / "semantic_ids_report.json").read_text())
 
 
+def test_run_folders_saved_before_the_head_options_load_with_their_design(world, tmp_path):
+    ds, split, _, evalset = world
+    old = CobraChannel(**(SMALL | {"dense_head": "mlp", "item_head": "mlp", "embed_std": 0.02, "epochs": 1}))
+    old.fit(fit_data(ds, split, "valid", 0)).save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "params.json").read_text())
+    for key in ("dense_head", "item_head", "embed_std"):  # what an earlier version wrote
+        del meta["model"][key]
+    (tmp_path / "old" / "params.json").write_text(json.dumps(meta))
+    loaded = CobraChannel.load(tmp_path / "old")
+    assert (loaded.model_cfg_.dense_head, loaded.model_cfg_.item_head) == ("mlp", "mlp")
+    batch = evalset.batch.take(slice(0, 20))
+    np.testing.assert_array_equal(old.retrieve(batch, 10).items, loaded.retrieve(batch, 10).items)
+
+
 @pytest.mark.parametrize("mode", ["cobra", "tiger"])
 def test_cold_start_item_is_retrievable_after_add_items(world, fitted, tmp_path, mode):
     ds, _, _, evalset = world
