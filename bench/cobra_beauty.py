@@ -1,6 +1,7 @@
 """Train the COBRA channel in one mode on Amazon Beauty and report it (SPEC section 9 protocol).
 
     nice -n 5 python -m bench.cobra_beauty --mode cobra [--set key=value ...] [--record]
+    nice -n 5 python -m bench.cobra_beauty --dataset amazon-sports --no-tune --record   # defaults elsewhere
 
 Parameters come from configs/amazon-beauty-cobra.yaml (the channel named like the mode), then
 --set overrides. The channel is fitted for the test stage: trained on split.history('valid') with
@@ -8,7 +9,9 @@ early stopping on (a sample of) the validation users. Inference settings (beam s
 weights) are then tuned on the FULL validation set and the best (N@10) is evaluated once on test,
 all users, full catalog, seen items excluded. Writes bench/results/cobra_<mode>_beauty.json, the
 tokenizer report bench/results/cobra_<mode>_semantic_ids.json, saves the channel under runs/, and
-with --record updates bench/results/summary.json.
+with --record updates bench/results/summary.json. `--dataset` runs another Amazon set with the
+Beauty configuration (`--no-tune` keeps Beauty's inference settings too); its files end in the set's
+name (`cobra_cobra_sports.json`, ...).
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HYBRIDREC_DATA", ROOT.parent / "shared" / "data"))
 CONFIG = ROOT / "configs" / "amazon-beauty-cobra.yaml"
 KS = (5, 10, 20, 50)
+DATASETS = {"amazon-beauty": "amazon-beauty-2014-5core", "amazon-sports": "amazon-sports-2014-5core",
+            "amazon-toys": "amazon-toys-2014-5core"}
 INFERENCE_GRID = {
     # The fused ranking depends on the weights only through dense_weight * psi / (sparse_weight * tau)
     # (the log-softmax normalisers are constant per request), so one ratio axis covers them.
@@ -100,10 +105,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-tune", action="store_true", help="skip the inference grid on validation")
     ap.add_argument("--record", action="store_true", help="write the result into bench/results/summary.json")
     ap.add_argument("--tag", default="", help="suffix of the result files (experiments)")
+    ap.add_argument("--dataset", default="amazon-beauty", choices=sorted(DATASETS))
     args = ap.parse_args(argv)
     command = "nice -n 5 python -m bench.cobra_beauty " + " ".join(argv if argv is not None else sys.argv[1:])
     params = channel_params(args.mode, args.set)
-    ds = load_dataset("amazon", DATA / "amazon-beauty-2014-5core")
+    ds = load_dataset("amazon", DATA / DATASETS[args.dataset])
+    short = args.dataset.removeprefix("amazon-")
     split = leave_one_out(ds.interactions)
     t0 = time.perf_counter()
     channel = CobraChannel(name=args.mode, **params).fit(fit_data(ds, split, "test", 0))
@@ -124,11 +131,12 @@ def main(argv=None) -> int:
               "valid": {k: round(v, 4) for k, v in tuned["metrics"].items()},
               "test": {k: round(v, 4) for k, v in test.items()}, "users": len(test_set)}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}_beauty.json").write_text(json.dumps(result, indent=1, default=float))
-    (RESULTS / f"{name}_semantic_ids.json").write_text(json.dumps(report, indent=1))
-    channel.save(ROOT / "runs" / f"{name}-beauty")
+    ids_file = f"{name}_semantic_ids.json" if short == "beauty" else f"{name}_{short}_semantic_ids.json"
+    (RESULTS / f"{name}_{short}.json").write_text(json.dumps(result, indent=1, default=float))
+    (RESULTS / ids_file).write_text(json.dumps(report, indent=1))
+    channel.save(ROOT / "runs" / f"{name}-{short}")
     if args.record:
-        record("amazon-beauty", args.mode, quality_entry(
+        record(args.dataset, args.mode, quality_entry(
             test, command, seconds, valid={"R@10": round(tuned["metrics"]["R@10"], 4), "N@10": round(tuned["metrics"]["N@10"], 4)},
             users=len(test_set), params=tuned["params"], fit_seconds=round(fit_seconds, 1)))
     return 0
