@@ -185,8 +185,8 @@ def test_cpu_demand_must_fit_the_local_node(run_dir):
     from pipeline.serving.app import check_cpus, cpu_demand
 
     cfg = parse_serve_config({"channel_defaults": {"num_cpus": 0.5}, "ingress": {"replicas": 2, "num_cpus": 0.25}})
-    demand = cpu_demand(run_dir, cfg)
     channels = RunView.open(run_dir).channel_configs()
+    demand = cpu_demand(cfg, channels)
     assert demand["ingress"] == 0.5 and demand["ranker"] == 0.25
     assert sum(v for k, v in demand.items() if k.startswith("channel-")) == 0.5 * len(channels)
     total = sum(demand.values())

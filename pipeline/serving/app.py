@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import ray
 from ray import serve
@@ -88,8 +88,8 @@ def _versioned(deployment: Any, version: str) -> Any:
         return deployment
 
 
-def build_app(run_path: str | Path, cfg: ServeConfig) -> Application:
-    view = check(run_path, cfg)
+def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = None) -> Application:
+    view = view or check(run_path, cfg)
     raw = _init_args(cfg)
     version = code_version(raw)
     run = {"run": str(Path(run_path).resolve()), "stamp": f"{view.manifest.get('created')}|{view.fingerprint}"}
@@ -126,10 +126,9 @@ def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
     )
 
 
-def cpu_demand(run_path: str | Path, cfg: ServeConfig) -> dict[str, float]:
+def cpu_demand(cfg: ServeConfig, channels: Iterable[str]) -> dict[str, float]:
     """CPUs each deployment reserves (replicas x num_cpus), by deployment name."""
-    view = RunView.open(run_path, cfg.extra_channels)
-    demand = {f"channel-{name}": cfg.channel(name).replicas * cfg.channel(name).num_cpus for name in view.channel_configs()}
+    demand = {f"channel-{name}": cfg.channel(name).replicas * cfg.channel(name).num_cpus for name in channels}
     for name, d in (("ranker", cfg.ranker), ("reranker", cfg.reranker), ("ingress", cfg.ingress)):
         demand[name] = d.replicas * d.num_cpus
     return demand
@@ -148,12 +147,13 @@ def check_cpus(demand: dict[str, float], available: float) -> None:
 
 def start(run_path: str | Path, cfg: ServeConfig, log_to_driver: bool = False) -> str:
     """Start (or join) Ray, start Serve on cfg.http, deploy the app; returns its base URL."""
-    app = build_app(run_path, cfg)
+    view = check(run_path, cfg)
+    app = build_app(run_path, cfg, view)
     started = not ray.is_initialized()
     init_ray(cfg, log_to_driver)
     if not cfg.ray.address:  # a cluster may add nodes; a local node never does
         try:
-            check_cpus(cpu_demand(run_path, cfg), float(ray.cluster_resources().get("CPU", 0.0)))
+            check_cpus(cpu_demand(cfg, view.channel_configs()), float(ray.cluster_resources().get("CPU", 0.0)))
         except ConfigError:
             if started:
                 ray.shutdown()
