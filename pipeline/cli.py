@@ -9,10 +9,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from pipeline.config import ConfigError, load_config
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
-SERVING_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serving.yaml"
+from pipeline.config import ConfigError, apply_overrides, load_config
+from pipeline.resources import DEFAULT_CONFIG, SERVING_CONFIG, package_version
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
@@ -59,8 +57,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluation.report import evaluate_run, format_table
     from pipeline.workflow import load_run, train
 
+    overrides = _overrides(args.set)
+    if args.run and overrides:
+        fixed = sorted(k for k in overrides if not k.startswith("eval."))
+        if fixed:
+            raise ConfigError(f"--set with --run can change eval.* keys only (the run is trained already), got "
+                              f"{fixed}; train a new run with --config instead")
     run_path = Path(args.run) if args.run else train(_config(args), stage=args.stage)
     run = load_run(run_path)
+    if args.run and overrides:
+        run.config = apply_overrides(run.config, overrides, f"{run_path}/manifest.json")
     out = Path(args.out) if args.out else run_path / f"eval-{run.stage}"
     report = evaluate_run(run, max_users=args.max_users, out_dir=out, with_cascade=not args.no_cascade)
     print(format_table(report))
@@ -113,77 +119,93 @@ def cmd_ab(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default."""
+
+
+def _parser(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Help)
+
+
+def _with_set(sp: argparse.ArgumentParser, what: str = "config") -> None:
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"override a {what} key (dotted; list items by index or name, e.g. "
+                         "channels.item2item.quota=300); repeatable")
+
+
 def _serve_parsers(sub: Any) -> None:
-    sv = sub.add_parser("serve", help="serve a run folder over HTTP with Ray Serve (127.0.0.1 by default)")
+    sv = _parser(sub, "serve", "serve a run folder over HTTP with Ray Serve (127.0.0.1 by default)")
     sv.add_argument("--run", required=True, help="a run folder from `hybridrec train`")
     sv.add_argument("--config", default=str(SERVING_CONFIG) if SERVING_CONFIG.is_file() else None,
-                    help="serving config (default: configs/serving.yaml)")
-    sv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a serving config key")
+                    help="serving config YAML")
+    _with_set(sv, "serving config")
     sv.add_argument("--update", action="store_true", help="roll the running app over to --run (no failed requests)")
     sv.set_defaults(fn=cmd_serve)
 
-    ab = sub.add_parser("ab", help="online A/B: report per-arm metrics, replay held-out clicks")
+    ab = _parser(sub, "ab", "online A/B: report per-arm metrics, replay held-out clicks")
     asub = ab.add_subparsers(dest="ab_cmd", required=True)
-    r = asub.add_parser("report", help="per-arm CTR, clicks/list, MRR with bootstrap intervals")
-    r.add_argument("--logs", required=True, help="the serving log folder (default of serve: <run>/serve_logs)")
+    r = _parser(asub, "report", "per-arm CTR, clicks/list, MRR with bootstrap intervals")
+    r.add_argument("--logs", required=True, help="the serving log folder (serve writes <run>/serve_logs)")
     r.add_argument("--feedback", action="append", default=[], help="imported feedback (JSONL/CSV/Parquet), repeatable")
-    r.add_argument("--control", default=None)
-    r.add_argument("--n-boot", type=int, default=1000)
+    r.add_argument("--control", default=None, help="the arm the others are compared with (default: the first)")
+    r.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     r.add_argument("--include-forced", action="store_true", help="count requests that forced an arm")
-    r.add_argument("--out", default=None, help="write the report as JSON")
-    rp = asub.add_parser("replay", help="send held-out targets of a run as requests and clicks to a running app")
-    rp.add_argument("--run", required=True)
-    rp.add_argument("--url", default="http://127.0.0.1:8000")
-    rp.add_argument("--users", type=int, default=500)
-    rp.add_argument("--k", type=int, default=10)
-    rp.add_argument("--seed", type=int, default=0)
-    rp.add_argument("--rate", type=float, default=None, help="requests per second (default: as fast as answered)")
+    r.add_argument("--out", default=None, help="write the report as JSON to this file")
+    rp = _parser(asub, "replay", "send held-out targets of a run as requests and clicks to a running app")
+    rp.add_argument("--run", required=True, help="the run folder the app serves")
+    rp.add_argument("--url", default="http://127.0.0.1:8000", help="the app's base URL")
+    rp.add_argument("--users", type=int, default=500, help="how many users to replay")
+    rp.add_argument("--k", type=int, default=10, help="list length asked for")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+    rp.add_argument("--rate", type=float, default=None, help="requests per second (None: as fast as answered)")
     ab.set_defaults(fn=cmd_ab)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hybridrec", description="Hybrid cascade recommender")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = argparse.ArgumentParser(prog="hybridrec", description="Hybrid cascade recommender", formatter_class=_Help)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def with_config(sp: argparse.ArgumentParser, required: bool = True) -> None:
-        sp.add_argument("--config", required=required, default=None if required else str(DEFAULT_CONFIG))
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        sp.add_argument("--config", required=required, default=None if required else str(DEFAULT_CONFIG),
+                        help="pipeline config YAML")
+        _with_set(sp)
 
-    d = sub.add_parser("data", help="prepare, synthesize or fetch datasets")
+    d = _parser(sub, "data", "prepare, synthesize or fetch datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    s = dsub.add_parser("synthesize", help="write the seeded synthetic dataset")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n-users", type=int, default=2000)
-    s.add_argument("--n-items", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
-    pr = dsub.add_parser("prepare", help="load the config's data source into canonical Parquet tables")
+    s = _parser(dsub, "synthesize", "write the seeded synthetic dataset")
+    s.add_argument("--out", required=True, help="output folder (canonical Parquet tables)")
+    s.add_argument("--n-users", type=int, default=2000, help="number of users")
+    s.add_argument("--n-items", type=int, default=1000, help="number of items")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same tables)")
+    pr = _parser(dsub, "prepare", "load the config's data source into canonical Parquet tables")
     with_config(pr)
-    pr.add_argument("--out", required=True)
-    f = dsub.add_parser("fetch", help="import a public dataset from a local copy (--from)")
-    f.add_argument("source", choices=["amazon", "movielens"])
-    f.add_argument("--from", dest="from_dir")
-    f.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help="output folder")
+    f = _parser(dsub, "fetch", "import a public dataset from a local copy (--from)")
+    f.add_argument("source", choices=["amazon", "movielens"], help="dataset family")
+    f.add_argument("--from", dest="from_dir", default=None, help="folder holding the original files")
+    f.add_argument("--out", required=True, help="output folder")
     d.set_defaults(fn=cmd_data)
 
-    t = sub.add_parser("train", help="fit every stage of a config into a run folder")
+    t = _parser(sub, "train", "fit every stage of a config into a run folder")
     with_config(t)
-    t.add_argument("--stage", choices=["valid", "test"], default=None, help="fit for this evaluation stage")
-    t.add_argument("--out", default=None, help="run folder (default: runs/<name>-<time>)")
+    t.add_argument("--stage", choices=["valid", "test"], default=None, help="fit for this evaluation stage (None: eval.stage)")
+    t.add_argument("--out", default=None, help="run folder (None: <run.root>/<run.name>-<time>)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate channels and the cascade (trains first with --config)")
+    e = _parser(sub, "evaluate", "evaluate channels and the cascade (trains first with --config)")
     g = e.add_mutually_exclusive_group(required=True)
-    g.add_argument("--run", help="a run folder from `hybridrec train`")
-    g.add_argument("--config")
-    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    e.add_argument("--stage", choices=["valid", "test"], default=None)
-    e.add_argument("--max-users", type=int, default=None)
+    g.add_argument("--run", default=None, help="a run folder from `hybridrec train` (--set may change eval.* keys)")
+    g.add_argument("--config", default=None, help="pipeline config YAML (trains a run first)")
+    _with_set(e)
+    e.add_argument("--stage", choices=["valid", "test"], default=None, help="stage to train for with --config (None: eval.stage)")
+    e.add_argument("--max-users", type=int, default=None, help="evaluate a seeded sample of users (None: all)")
     e.add_argument("--no-cascade", action="store_true", help="channels only")
-    e.add_argument("--out", default=None, help="report folder (default: <run>/eval-<stage>)")
+    e.add_argument("--out", default=None, help="report folder (None: <run>/eval-<stage>)")
     e.set_defaults(fn=cmd_evaluate)
 
-    q = sub.add_parser("quickstart", help="the main job on the synthetic default: train, compare, serve one request")
+    q = _parser(sub, "quickstart", "the main job on the synthetic default: train, compare, serve one request")
     with_config(q, required=False)
     q.set_defaults(fn=cmd_quickstart)
     _serve_parsers(sub)

@@ -159,6 +159,14 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     return parse_config(raw, str(path))
 
 
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "<config>") -> Config:
+    """A copy of `cfg` with dotted overrides applied, validated again."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in overrides.items():
+        _set_dotted(raw, key, value)
+    return parse_config(raw, source)
+
+
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     """A YAML file whose top level is a mapping, with errors that name the file."""
     p = Path(path)
@@ -174,10 +182,36 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
+    """Set `key` (dotted) in the raw config. A part that meets a list picks an item by its index
+    (`channels.1.quota`) or by its `name` field (`channels.item2item.quota`, `arms.control.budget`)."""
+    node: Any = raw
     parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: '{part}' is not a section")
-    node[parts[-1]] = value
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, part, key, where)
+            if last:
+                node[index] = value
+                return
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+                return
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override {key}: '{'.'.join(parts[:depth])}' is a value, not a section or list")
+
+
+def _list_index(items: list, part: str, key: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not -len(items) <= index < len(items):
+            raise ConfigError(f"override {key}: {where} is out of range (the list has {len(items)} items)")
+        return index % len(items)
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
+    if part not in names:
+        known = [n for n in names if n is not None]
+        raise ConfigError(f"override {key}: no item named '{part}' in that list; names: {known}")
+    return names.index(part)

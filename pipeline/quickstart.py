@@ -13,9 +13,8 @@ import numpy as np
 from pipeline.config import load_config
 from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.types import Request
+from pipeline.resources import SERVING_CONFIG
 from pipeline.workflow import load_run, train
-
-SERVING_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "serving.yaml"
 
 
 def quickstart(config_path: str | Path, overrides: dict[str, Any] | None = None) -> int:

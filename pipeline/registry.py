@@ -62,6 +62,8 @@ def _construct(cls: type, what: str, **kwargs: Any) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{what}: bad parameters for {cls.__name__}: {err}") from None
+    except ValueError as err:  # a component that validates its own parameters
+        raise ConfigError(f"{what}: {err}") from None
 
 
 def build_channel(cfg: ChannelConfig) -> Any:
@@ -82,3 +84,18 @@ def build_stage(cfg: StageConfig, table: dict[str, str], what: str) -> Any:
     else:
         raise ConfigError(f"{what}: unknown kind '{cfg.kind}'; known: {sorted(table)} or 'package.module:ClassName'")
     return _construct(cls, what, **cfg.params)
+
+
+def check_components(cfg) -> None:
+    """Build (without fitting) every component a config names: the channels, the ranker, the
+    re-ranker and each arm's, so that an unknown kind or a bad parameter fails with a ConfigError
+    before any data is read or anything is trained."""
+    for ccfg in cfg.enabled_channels():
+        build_channel(ccfg)
+    build_stage(cfg.ranker, RANKER_KINDS, "ranker")
+    build_stage(cfg.rerank, RERANKER_KINDS, "rerank")
+    for arm in cfg.arms:
+        if arm.ranker is not None:
+            build_stage(arm.ranker, RANKER_KINDS, f"arm '{arm.name}' ranker")
+        if arm.rerank is not None:
+            build_stage(arm.rerank, RERANKER_KINDS, f"arm '{arm.name}' rerank")

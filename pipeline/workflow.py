@@ -28,7 +28,9 @@ from pipeline.config import Config, ConfigError, DataConfig, parse_config
 from pipeline.data import Dataset, leave_one_out, load_dataset, synthesize, temporal_split
 from pipeline.pool import merge_pool
 from pipeline.protocols import FitData
-from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, import_object
+from pipeline.registry import (
+    RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, check_components, import_object,
+)
 
 log = logging.getLogger(__name__)
 RERANK_VECTORS = "rerank_vectors.npy"  # item vectors for the re-ranker's similarity (MMR), in the run folder
@@ -123,6 +125,7 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
     """Fit every enabled channel for `stage` (default cfg.eval.stage), then a trainable ranker;
     returns the run folder. `labelled`: the ranker's RankingData, when already built (benchmarks)."""
     stage = stage or cfg.eval.stage
+    check_components(cfg)  # an unknown kind or a bad parameter fails here, before any training
     t0 = time.perf_counter()
     dataset = dataset if dataset is not None else prepare_data(cfg.data)
     split = make_split(dataset, cfg.data)

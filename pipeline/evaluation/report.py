@@ -48,6 +48,7 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
         "channels": _channel_section(budget_lists, evalset, channel_extra),
         "overlap": _overlap(budget_lists, evalset),
         "bootstrap": _intervals(lists, evalset, results, arm_names, cfg, ev.n_boot),
+        "arms_vs_channels": _arms_vs_channels(lists, evalset, arm_names, cfg, ev.n_boot),
         "latency_samples_ms": ctx.latency_samples,
     }
     if out_dir is not None:
@@ -137,6 +138,32 @@ def _intervals(lists: dict, evalset: EvalSet, results: dict, arm_names: list[str
     return {"control": control, "arms": compare_arms(pu, control, BOOT_METRICS, n_boot=n_boot, seed=cfg.run.seed)}
 
 
+def _arms_vs_channels(lists: dict, evalset: EvalSet, arm_names: list[str], cfg, n_boot: int) -> dict:
+    """Each pipeline arm against every single channel it could be replaced by: {arm: {channel:
+    {metric: bootstrap}}}, the arm as the treatment (diff > 0: the arm is ahead)."""
+    channels = [name for name in lists if name not in arm_names]
+    if not channels or not arm_names:
+        return {}
+    pu = {name: per_user(topk, evalset, BOOT_METRICS) for name, topk in lists.items()}
+    return {arm: {ch: compare_arms({ch: pu[ch], arm: pu[arm]}, ch, BOOT_METRICS, n_boot=n_boot,
+                                   seed=cfg.run.seed)[arm] for ch in channels}
+            for arm in arm_names}
+
+
+def verdict(report: dict, arm: str) -> str:
+    """One line: does `arm` beat every channel on every bootstrapped metric (paired 95% interval
+    above 0)? Names the comparisons that fall short."""
+    against = (report.get("arms_vs_channels") or {}).get(arm) or {}
+    if not against:
+        return f"{arm}: no channel to compare with"
+    short = [f"{ch} {m} {r['diff']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+             for ch, by_metric in against.items() for m, r in by_metric.items() if not r["ci_low"] > 0.0]
+    metrics = " and ".join(BOOT_METRICS)
+    if not short:
+        return f"{arm} beats every channel on {metrics} (paired 95% intervals exclude 0)"
+    return f"{arm} does NOT beat every channel on {metrics}: " + "; ".join(short)
+
+
 def write_report(report: dict, lists: dict, evalset: EvalSet, run, out_dir: Path) -> None:
     k_lists = run.config.eval.k_lists
     for arm, topk in lists.items():
@@ -165,4 +192,5 @@ def format_table(report: dict) -> str:
                 f"{arm} vs {boot['control']} {metric}: diff {r['diff']:+.4f} "
                 f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] p={r['p_value']:.3f}"
             )
+    lines += [verdict(report, arm) for arm in report.get("pipeline_arms", [])]
     return "\n".join(lines)
