@@ -33,6 +33,9 @@ class DataConfig(Strict):
     items_path: str | None = None  # generic logs: optional item table
     split: Literal["leave_one_out", "temporal"] = "leave_one_out"
     max_history: int = Field(50, ge=1, le=1000)
+    # protocol B (SPEC section 9): a seed puts each user's same-timestamp rows in a seeded random
+    # order before ids and splits; None keeps the file order (protocol A)
+    shuffle_ties: int | None = None
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataConfig":
@@ -76,9 +79,10 @@ class EvalConfig(Strict):
     n_boot: int = Field(1000, ge=10)
     max_users: int | None = None  # evaluate a seeded sample of users (None: all)
     k_lists: int = Field(50, ge=1)  # length of the per-user top-k lists written to Parquet
-    # the request time of an evaluation request: 'target' = the target's timestamp (the moment the
-    # user came back; point-in-time features see everything before it), 'last' = the user's last
-    # history timestamp (an audit: nothing about when the target happened reaches the pipeline)
+    # the request time of an evaluation request AND of every ranker label-fold request: 'target' =
+    # the target's timestamp (the moment the user came back; point-in-time features see everything
+    # before it), 'last' = the user's last history timestamp before it (protocol B: nothing about
+    # when a target happened reaches any stage)
     request_time: Literal["target", "last"] = "target"
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from pipeline.artifacts import atomic_dir, atomic_write_json, new_run_dir, read_json, versions
 from pipeline.cascade import Cascade
 from pipeline.config import Config, ConfigError, DataConfig, parse_config
-from pipeline.data import Dataset, leave_one_out, load_dataset, synthesize, temporal_split
+from pipeline.data import Dataset, leave_one_out, load_dataset, shuffle_ties, synthesize, temporal_split
 from pipeline.pool import merge_pool
 from pipeline.protocols import FitData
 from pipeline.registry import (
@@ -37,6 +37,12 @@ RERANK_VECTORS = "rerank_vectors.npy"  # item vectors for the re-ranker's simila
 
 
 def prepare_data(cfg: DataConfig) -> Dataset:
+    """The configured dataset, its same-timestamp rows shuffled when `shuffle_ties` is set."""
+    dataset = _load_data(cfg)
+    return dataset if cfg.shuffle_ties is None else shuffle_ties(dataset, cfg.shuffle_ties)
+
+
+def _load_data(cfg: DataConfig) -> Dataset:
     if cfg.source == "synthetic":
         s = cfg.synthetic
         return synthesize(n_users=s.n_users, n_items=s.n_items, n_categories=s.n_categories,
@@ -45,6 +51,16 @@ def prepare_data(cfg: DataConfig) -> Dataset:
     if cfg.source == "generic":
         options = {"columns": cfg.columns, "items_path": cfg.items_path}
     return load_dataset(cfg.source, cfg.path, **options)
+
+
+def protocol_name(cfg: Config) -> str:
+    """'A' (standard: file order, request time = target time), 'B' (robust: ties shuffled and
+    request time 'last' everywhere), or 'custom' for any other mix (SPEC section 9)."""
+    if cfg.data.shuffle_ties is None and cfg.eval.request_time == "target":
+        return "A"
+    if cfg.data.shuffle_ties is not None and cfg.eval.request_time == "last":
+        return "B"
+    return "custom"
 
 
 def make_split(dataset: Dataset, cfg: DataConfig):
@@ -177,7 +193,9 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
         manifest = {
             "config": cfg.model_dump(mode="json"), "stage": stage, "data_fingerprint": dataset.fingerprint(),
             "data": {"name": dataset.name, "users": dataset.n_users, "items": dataset.n_items,
-                     "interactions": len(dataset.interactions), "has_time": dataset.has_time},
+                     "interactions": len(dataset.interactions), "has_time": dataset.has_time,
+                     "tie_order": dataset.tie_order, "request_time": cfg.eval.request_time,
+                     "protocol": protocol_name(cfg)},
             "channels": manifest_channels, "rerank_vectors": rerank_entry, "ranker": ranker_entry, "arm_rankers": arm_rankers, "seconds": times, "versions": versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -276,7 +294,7 @@ def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int,
         features = CrossFeatures(cascade.channel_names, features_config).fit(fdata)
         bar = lambda it, n=fold.name: tqdm(it, desc=f"ranker pools {n}", unit="batch", leave=False, disable=None)
         parts.append(collect(i, fold, retrieval_pools(cascade), features, cfg.data.max_history,
-                             cfg.eval.batch_size, progress=bar))
+                             cfg.eval.batch_size, progress=bar, request_time=cfg.eval.request_time))
         log.info("ranker fold %s: %s", fold.name, parts[-1].stats)
     return RankingData.concat(parts)
 

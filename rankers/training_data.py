@@ -6,7 +6,8 @@ A ranker is trained on candidate pools made by channels that never saw the ranke
   (`make_split(split.history('valid'))`) gives history = train minus each user's last train item,
   targets = that item. Further folds (`n_folds` > 1) keep stepping back the same way.
 For each fold the channels are fitted on the fold's history only, pools are built for the fold's
-targets (request time = the target's time), the cross features are point-in-time from the fold's
+targets (request time = the target's time, or the last history time under `eval.request_time:
+last`), the cross features are point-in-time from the fold's
 history, and label = the target item. Only pools that contain their target carry a gradient for a
 listwise or lambdarank loss, so only those are kept; the counts are reported.
 """
@@ -65,10 +66,12 @@ def fold_fit_data(fold: Fold, like: FitData) -> FitData:
     return replace(like, train=fold.history, valid=None, valid_history=None)
 
 
-def fold_requests(fold: Fold, max_history: int):
-    """An EvalSet of the fold: each target's user history before it, request time = target time."""
+def fold_requests(fold: Fold, max_history: int, request_time: str = "target"):
+    """An EvalSet of the fold: each target's user history before it; request time = the target's
+    time, or with `request_time='last'` the user's last history time (time-free training)."""
     empty = fold.targets.iloc[:0]
-    return build_eval_set(Split("fold", fold.history, fold.targets, empty), "valid", max_history)
+    return build_eval_set(Split("fold", fold.history, fold.targets, empty), "valid", max_history,
+                          request_time=request_time)
 
 
 @dataclass
@@ -162,9 +165,9 @@ class RankingData:
 
 
 def collect(fold_index: int, fold: Fold, pools_of: PoolFn, features: CrossFeatures, max_history: int,
-            batch_size: int = 1024, progress: Callable | None = None) -> RankingData:
+            batch_size: int = 1024, progress: Callable | None = None, request_time: str = "target") -> RankingData:
     """Pools and features for every target of `fold`; keeps the groups whose pool holds the target."""
-    ev = fold_requests(fold, max_history)
+    ev = fold_requests(fold, max_history, request_time)
     parts, n_pos, pool_sizes = [], 0, []
     starts = range(0, len(ev), batch_size)
     for lo in (progress(starts) if progress else starts):

@@ -5,6 +5,7 @@ from pipeline.data.dataset import (
     ITEM_COLUMNS,
     Dataset,
     assemble,
+    shuffle_ties,
     sort_interactions,
 )
 from pipeline.data.generic import load_generic
@@ -22,6 +23,7 @@ __all__ = [
     "Dataset",
     "Split",
     "assemble",
+    "shuffle_ties",
     "default_data_root",
     "leave_one_out",
     "load_amazon",

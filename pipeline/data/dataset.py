@@ -38,6 +38,7 @@ class Dataset:
     item_ids: np.ndarray
     has_time: bool
     has_text: bool
+    tie_order: str = "file"  # order of a user's same-timestamp rows: 'file' or 'shuffled:<seed>'
 
     @property
     def n_users(self) -> int:
@@ -59,6 +60,8 @@ class Dataset:
         """sha256 of the canonical tables, maps and flags (not the name); stable across runs."""
         digest = hashlib.sha256(f"{FORMAT_NAME}-v{FORMAT_VERSION}".encode())
         digest.update(f"has_time={self.has_time};has_text={self.has_text}".encode())
+        if self.tie_order != "file":  # file order hashes as before, so older folders still load
+            digest.update(f"tie_order={self.tie_order}".encode())
         _hash_frame(digest, self.interactions)
         _hash_frame(digest, self.items)
         _hash_strings(digest, self.user_ids)
@@ -101,6 +104,7 @@ class Dataset:
             "n_users": self.n_users,
             "n_items": self.n_items,
             "n_interactions": self.n_interactions,
+            "tie_order": self.tie_order,
             "fingerprint": self.fingerprint(),
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -121,6 +125,7 @@ class Dataset:
             item_ids=_read_id_map(folder / "item_map.parquet", "item_id"),
             has_time=bool(meta["has_time"]),
             has_text=bool(meta["has_text"]),
+            tie_order=str(meta.get("tie_order", "file")),
         )
         dataset.validate()
         if dataset.fingerprint() != meta["fingerprint"]:
@@ -226,6 +231,30 @@ def assemble(
     dataset = Dataset(name, interactions, table, np.asarray(user_ids, dtype=object), item_ids, has_time, has_text)
     dataset.validate()
     return dataset
+
+
+def shuffle_ties(dataset: Dataset, seed: int) -> Dataset:
+    """The same log with each user's same-timestamp rows in a seeded random order, assembled
+    again, so item ids, `seq` and every split follow the new order. Rows whose timestamp is unique
+    for their user keep their place; data without ties comes back with the same tables.
+
+    Amazon's files list a user's same-day reviews in ascending ASIN order; a model can learn that
+    order (protocol B of SPEC section 9 removes it)."""
+    inter = dataset.interactions  # canonical order: user, timestamp, seq
+    users = inter["user_id"].to_numpy(np.int64)
+    times = inter["timestamp"].to_numpy(np.int64)
+    key = np.random.default_rng(seed).random(len(inter))
+    order = np.lexsort((key, times, users))
+    log = pd.DataFrame({
+        "user": dataset.user_ids[users[order]], "item": dataset.item_ids[inter["item_id"].to_numpy(np.int64)[order]],
+        "timestamp": times[order],
+    })
+    if "value" in inter.columns:
+        log["value"] = inter["value"].to_numpy(np.float64)[order]
+    meta = dataset.items.drop(columns="item_id").assign(item=dataset.item_ids[dataset.items["item_id"].to_numpy(np.int64)])
+    out = assemble(dataset.name, log, meta, has_time=dataset.has_time, has_text=dataset.has_text, keep_catalog=True)
+    out.tie_order = f"shuffled:{seed}"
+    return out
 
 
 def _positions(sorted_users: np.ndarray) -> np.ndarray:

@@ -54,8 +54,9 @@ def build_eval_set(split, stage: str, max_history: int, max_users: int | None = 
     times = [h_times[a:b] for a, b in zip(lo, hi)]
     target_times = tg["timestamp"].to_numpy(np.int64)
     now = target_times
-    if request_time == "last":
-        now = np.array([t[-1] if len(t) else tt for t, tt in zip(times, target_times)], np.int64)
+    if request_time == "last":  # a user without history gets the history's latest time, never the target's
+        latest = int(h_times.max()) if len(h_times) else 0
+        now = np.array([t[-1] if len(t) else latest for t in times], np.int64)
     batch = RequestBatch.from_sequences(users, seqs, times, max_len=max_history, now=now)
     return EvalSet(stage, batch, tg["item_id"].to_numpy(np.int64), target_times)
 

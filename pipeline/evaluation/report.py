@@ -44,6 +44,7 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
             arm_names.append(arm.name)
     report = {
         "dataset": run.dataset.name, "stage": run.stage, "users": len(evalset), "ks": list(ks),
+        "protocol": run_protocol(run),
         "arms": results, "pipeline_arms": arm_names,
         "channels": _channel_section(budget_lists, evalset, channel_extra),
         "overlap": _overlap(budget_lists, evalset),
@@ -54,6 +55,18 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
     if out_dir is not None:
         write_report(report, lists, evalset, run, Path(out_dir))
     return report
+
+
+def run_protocol(run) -> dict:
+    """Which protocol of SPEC section 9 this evaluation follows: the tie order of the data, the
+    request time the ranker was trained with (from the run's manifest) and the one evaluated with."""
+    from pipeline.workflow import protocol_name
+
+    trained = (run.manifest.get("config", {}).get("eval", {}) or {}).get("request_time", "target")
+    evaluated = run.config.eval.request_time
+    name = protocol_name(run.config) if trained == evaluated else "custom"
+    return {"name": name, "tie_order": run.dataset.tie_order, "train_request_time": trained,
+            "eval_request_time": evaluated}
 
 
 class _Context:
@@ -180,7 +193,12 @@ def format_table(report: dict) -> str:
     ks = report["ks"]
     cols = [f"R@{k}" for k in ks] + [f"N@{k}" for k in ks] + ["MRR", f"tail_R@{max(ks)}", f"coverage@{max(ks)}"]
     head = f"{'arm':<16}" + "".join(f"{c:>12}" for c in cols) + f"{'p50 ms':>9}"
-    lines = [f"{report['dataset']} ({report['stage']}, {report['users']} users)", head, "-" * len(head)]
+    title = f"{report['dataset']} ({report['stage']}, {report['users']} users)"
+    proto = report.get("protocol")
+    if proto:
+        title += (f", protocol {proto['name']}: ties {proto['tie_order']}, request time trained "
+                  f"'{proto['train_request_time']}' / evaluated '{proto['eval_request_time']}'")
+    lines = [title, head, "-" * len(head)]
     for arm, res in report["arms"].items():
         vals = [res.get(c, float("nan")) for c in cols]
         p50 = res.get("latency", {}).get("p50_ms", float("nan"))
