@@ -123,7 +123,7 @@ class HttpChannel:
         except (requests.RequestException, ValueError, HttpChannelError) as err:
             log.warning("channel %s: row %d failed: %s", self.name, row, err)
             return None
-        seen = set(batch.history_of(row).tolist())
+        seen = set(batch.seen_of(row).tolist())
         ids, vals, taken = [], [], set()
         for rank, item in enumerate(items):
             dense = self.item_index_.get(str(item))

@@ -69,7 +69,7 @@ class CandidateTableChannel:
                 continue  # unknown user: the table has nothing for them
             lo, hi = self.offsets_[user], self.offsets_[user + 1]
             cand, sc = self.items_[lo:hi], self.scores_[lo:hi]
-            keep = ~np.isin(cand, batch.history_of(r))
+            keep = ~np.isin(cand, batch.seen_of(r))
             cand, sc = cand[keep][:k], sc[keep][:k]
             out.items[r, : len(cand)] = cand
             out.scores[r, : len(cand)] = sc

@@ -7,9 +7,11 @@ from pipeline.types import PAD, RequestBatch, Retrieved
 
 
 def mask_seen(scores: np.ndarray, batch: RequestBatch) -> np.ndarray:
-    """Set the scores of each row's history items to -inf (in place; returns `scores`)."""
-    rows, cols = np.nonzero(batch.history != PAD)
-    scores[rows, batch.history[rows, cols]] = -np.inf
+    """Set the scores of every item each row has seen (its whole history) to -inf (in place;
+    returns `scores`). Ids outside the score matrix (items added after fitting) are skipped."""
+    rows, items = batch.seen_pairs()
+    ok = (items >= 0) & (items < scores.shape[1])
+    scores[rows[ok], items[ok]] = -np.inf
     return scores
 
 

@@ -57,7 +57,7 @@ def _merge_row(batch: RequestBatch, r: int, pieces: list, names: tuple[str, ...]
     chans = np.concatenate([np.full(p[1].shape[1], p[0], np.int32) for p in pieces])
     keep = items != PAD
     if spec.exclude_seen:
-        keep &= ~np.isin(items, batch.history_of(r))
+        keep &= ~np.isin(items, batch.seen_of(r))
     items, scores, ranks, chans = items[keep], scores[keep], ranks[keep], chans[keep]
     uniq, inv = np.unique(items, return_inverse=True)
     m = uniq.shape[0]

@@ -40,6 +40,9 @@ class RequestBatch:
     lengths: int64 [B], number of real history items per row.
     users: int64 [B], PAD for unknown users.
     now: int64 [B], request time per row.
+    seen_items / seen_offsets: every item each row has seen, its whole history and not only the
+    last L columns (row r: seen_items[seen_offsets[r]:seen_offsets[r + 1]]); None when the
+    history matrix is the whole history. Seen-item filters read `seen_of` / `seen_pairs`.
     """
 
     users: np.ndarray
@@ -48,6 +51,8 @@ class RequestBatch:
     lengths: np.ndarray
     now: np.ndarray
     contexts: tuple[Mapping[str, Any], ...] = ()
+    seen_items: np.ndarray | None = None  # int64 [S]
+    seen_offsets: np.ndarray | None = None  # int64 [B + 1]
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -62,9 +67,14 @@ class RequestBatch:
         now: Sequence[int] | np.ndarray | None = None,
         contexts: Sequence[Mapping[str, Any]] | None = None,
     ) -> "RequestBatch":
-        """Pack ragged histories (oldest first); keep the last `max_len` items of each."""
+        """Pack ragged histories (oldest first); keep the last `max_len` items of each as the
+        history matrix, and every item of each as the seen set."""
         n = len(histories)
         lens = np.array([len(h) for h in histories], dtype=np.int64)
+        seen_items = seen_offsets = None
+        if max_len is not None and n and int(lens.max()) > max_len:  # the matrix is cut: keep all seen items
+            seen_items = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+            seen_offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         if max_len is not None:
             lens = np.minimum(lens, max_len)
         width = max(int(lens.max()) if n else 0, 1)
@@ -85,7 +95,7 @@ class RequestBatch:
             dtype=np.int64,
         )
         ctx = tuple(contexts) if contexts is not None else tuple({} for _ in range(n))
-        return cls(users_arr, hist, ht, lens, now_arr, ctx)
+        return cls(users_arr, hist, ht, lens, now_arr, ctx, seen_items, seen_offsets)
 
     @classmethod
     def from_requests(cls, requests: Sequence[Request], max_len: int | None = None) -> "RequestBatch":
@@ -103,6 +113,12 @@ class RequestBatch:
 
     def take(self, rows: np.ndarray | slice) -> "RequestBatch":
         idx = np.arange(len(self))[rows]
+        seen_items = seen_offsets = None
+        if self.seen_offsets is not None:
+            starts, sizes = self.seen_offsets[idx], np.diff(self.seen_offsets)[idx]
+            seen_offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            gather = np.repeat(starts - seen_offsets[:-1], sizes) + np.arange(seen_offsets[-1])
+            seen_items = self.seen_items[gather]
         return RequestBatch(
             self.users[idx],
             self.history[idx],
@@ -110,12 +126,34 @@ class RequestBatch:
             self.lengths[idx],
             self.now[idx],
             tuple(self.contexts[i] for i in idx) if self.contexts else (),
+            seen_items,
+            seen_offsets,
         )
 
     def history_of(self, row: int) -> np.ndarray:
-        """The real (unpadded) history of one row, oldest first."""
+        """The real (unpadded) history of one row, oldest first (at most L items)."""
         m = int(self.lengths[row])
         return self.history[row, self.history.shape[1] - m :] if m else self.history[row, :0]
+
+    def seen_of(self, row: int) -> np.ndarray:
+        """Every item row `row` has seen (its whole history), oldest first."""
+        if self.seen_offsets is None:
+            return self.history_of(row)
+        return self.seen_items[self.seen_offsets[row] : self.seen_offsets[row + 1]]
+
+    def seen_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, items), int64 [S] each: every seen item of every row."""
+        if self.seen_offsets is None:
+            rows, cols = np.nonzero(self.history != PAD)
+            return rows.astype(np.int64), self.history[rows, cols]
+        sizes = np.diff(self.seen_offsets)
+        return np.repeat(np.arange(len(self), dtype=np.int64), sizes), self.seen_items
+
+    def max_seen(self) -> int:
+        """The largest number of seen items in one row."""
+        if self.seen_offsets is None:
+            return int(self.lengths.max()) if len(self) else 0
+        return int(np.diff(self.seen_offsets).max()) if len(self) else 0
 
 
 @dataclass(frozen=True)

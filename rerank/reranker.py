@@ -109,7 +109,7 @@ class RuleDiversityReRanker:
             raise ValueError(f"rerank: k must be >= 0, got {k}")
         out = []
         for row, pool in enumerate(pools):
-            seen = set(batch.history_of(row).tolist()) if self.params.filters.seen else set()
+            seen = set(batch.seen_of(row).tolist()) if self.params.filters.seen else set()
             result = self._one(pool, int(batch.now[row]), seen, k)
             if result.notes:
                 log.debug("rerank row %d: %s", row, "; ".join(result.notes))

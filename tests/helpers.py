@@ -34,3 +34,20 @@ def batch_of(histories: list[list[int]], now: list[int] | None = None, users: li
     users = users if users is not None else list(range(len(histories)))
     times = [np.arange(len(h), dtype=np.int64) * DAY + DAY for h in histories]
     return RequestBatch.from_sequences(users, [np.array(h, np.int64) for h in histories], times, now=now)
+
+
+def check_long_history_masked(channel, n_items: int, window: int = 5, k: int = 10) -> None:
+    """A history longer than the model window: the items the channel returns for a short history
+    are made OLDER than the window; the channel must still never return them (nor any seen item)."""
+    from pipeline.types import PAD
+
+    probe = RequestBatch.from_sequences([0], [np.array([0, 1], np.int64)], max_len=window)
+    first = channel.retrieve(probe, k).items[0]
+    first = first[first != PAD]
+    assert len(first) > 0
+    filler = [i for i in range(2, n_items) if i not in set(first.tolist())][:window]
+    history = np.concatenate([first, [0, 1], filler]).astype(np.int64)
+    batch = RequestBatch.from_sequences([0], [history], max_len=window)
+    assert len(history) > window and set(first.tolist()).isdisjoint(batch.history[0].tolist())
+    got = channel.retrieve(batch, k).items[0]
+    assert not set(got[got != PAD].tolist()) & set(history.tolist())

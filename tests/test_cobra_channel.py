@@ -206,3 +206,10 @@ def test_same_seed_same_model(world):
     batch = evalset.batch.take(slice(0, 25))
     np.testing.assert_array_equal(a.retrieve(batch, 10).items, b.retrieve(batch, 10).items)
     np.testing.assert_array_equal(a.codes_, b.codes_)
+
+
+@pytest.mark.parametrize("mode", ["cobra", "tiger"])
+def test_seen_items_older_than_the_window_are_never_returned(world, fitted, mode):
+    from tests.helpers import check_long_history_masked
+
+    check_long_history_masked(fitted[mode], world[0].n_items, window=4, k=15)

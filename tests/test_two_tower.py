@@ -270,3 +270,10 @@ def test_catalog_without_content_trains_on_ids_alone(tmp_path):
     assert ch.use_content is False and "no item content" in ch.fit_report_["content"]
     ch.save(tmp_path / "c")
     assert TwoTowerChannel.load(tmp_path / "c").use_content is False
+
+
+def test_seen_items_older_than_the_window_are_never_returned(synthetic):
+    from tests.helpers import check_long_history_masked
+
+    ds, _, _, channel = synthetic
+    check_long_history_masked(channel, ds.n_items, window=4, k=15)

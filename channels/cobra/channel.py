@@ -240,14 +240,16 @@ class CobraChannel:
         self._check_fitted()
         if len(batch) == 0 or k <= 0:
             return Retrieved.empty(len(batch), max(k, 0))
-        parts = [self._retrieve_rows(batch.history[lo : lo + self.eval_batch_size], k, beam_size)
+        parts = [self._retrieve_rows(batch.take(slice(lo, lo + self.eval_batch_size)), k, beam_size)
                  for lo in range(0, len(batch), self.eval_batch_size)]
         return Retrieved(np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts]))
 
     @torch.no_grad()
-    def candidates(self, history: np.ndarray, beam_size: int | None = None) -> Candidates:
+    def candidates(self, history: np.ndarray, beam_size: int | None = None,
+                   seen: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
         """Beam search for a block of histories (B, L) and the unseen items behind the beams
-        (with their dense cosine in COBRA mode); independent of the BeamFusion weights."""
+        (with their dense cosine in COBRA mode); independent of the BeamFusion weights. `seen`:
+        (rows, items) of every seen item when the block's history matrix is cut (None: the matrix)."""
         cfg = self.beam_config(beam_size)
         beams = beam_search(self.model_, self.history_states(history), self.trie_, cfg.beam_size)
         cands = leaf_candidates(beams, self.trie_, cfg.max_leaf_items)
@@ -259,7 +261,7 @@ class CobraChannel:
                 cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups)
                 cands = with_own_beams(cands, beams.leaf.numpy(), self.trie_.item_leaf)
             cands = with_similarity(cands, v_hat, self.item_vecs_)
-        return drop_seen(cands, history, len(self.active_))
+        return drop_seen(cands, history, len(self.active_), seen)
 
     def score(self, cands: Candidates, k: int) -> Retrieved:
         """The top k of the candidates: BeamFusion (COBRA) or log P(ID) + log P(item | ID)."""
@@ -267,8 +269,8 @@ class CobraChannel:
         scores = fusion_scores(cands, cfg) if self.dense else sparse_scores(cands, self.log_prior_)
         return top_unique(cands, scores, k)
 
-    def _retrieve_rows(self, history: np.ndarray, k: int, beam_size: int | None) -> Retrieved:
-        return self.score(self.candidates(history, beam_size), k)
+    def _retrieve_rows(self, block: RequestBatch, k: int, beam_size: int | None) -> Retrieved:
+        return self.score(self.candidates(block.history, beam_size, block.seen_pairs()), k)
 
     def item_vectors(self, items: np.ndarray) -> np.ndarray | None:
         """The dense vectors the channel scores with (float32 [n, D]) of item ids; None in the

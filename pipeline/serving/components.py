@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -88,13 +88,18 @@ class ChannelComponent:
 def stack_batches(batches: list[RequestBatch]) -> RequestBatch:
     """One batch from several (re-padded to the longest history), for batched ranking."""
     rows = [(b, r) for b in batches for r in range(len(b))]
-    return RequestBatch.from_sequences(
+    stacked = RequestBatch.from_sequences(
         [int(b.users[r]) for b, r in rows],
         [b.history_of(r) for b, r in rows],
         [b.history_times[r, b.history.shape[1] - int(b.lengths[r]):] if b.lengths[r] else np.zeros(0, np.int64) for b, r in rows],
         now=[int(b.now[r]) for b, r in rows],
         contexts=[b.contexts[r] if b.contexts else {} for b, r in rows],
     )
+    if all(b.seen_offsets is None for b in batches):
+        return stacked
+    seen = [b.seen_of(r) for b, r in rows]  # keep each row's whole seen set
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64)
+    return replace(stacked, seen_items=np.concatenate(seen).astype(np.int64), seen_offsets=offsets)
 
 
 def _key(cfg: StageConfig) -> str:

@@ -121,9 +121,11 @@ def resolve(req: RecommendRequest, state: IngressState, now: int | None = None) 
     sent = [state.maps.item_index.get(i) for i in req.history]
     ignored = [i for i, d in zip(req.history, sent) if d is None]
     recent = np.array([d for d in sent if d is not None], np.int64)
-    items = np.concatenate([items, recent])[-state.max_history:]
-    times = np.concatenate([times, np.full(len(recent), now, np.int64)])[-state.max_history:]
-    batch = RequestBatch.from_sequences([user], [items], [times], now=[now], contexts=[dict(req.context)])
+    items = np.concatenate([items, recent])
+    times = np.concatenate([times, np.full(len(recent), now, np.int64)])
+    # the model sees the last max_history items; every item stays in the seen set
+    batch = RequestBatch.from_sequences([user], [items], [times], max_len=state.max_history, now=[now],
+                                        contexts=[dict(req.context)])
     return Resolved(batch, user, ignored)
 
 
