@@ -122,13 +122,14 @@ class RankingData:
         )
 
     def split_holdout(self, fraction: float, seed: int) -> tuple["RankingData", "RankingData"]:
-        """(train, holdout): a seeded share of fold-0 users is held out for early stopping; their
-        earlier folds stay in training (those labels precede the held-out ones)."""
+        """(train, holdout): a seeded share of fold-0 users is held out for early stopping: their
+        fold-0 groups form the holdout and none of their groups (of any fold) is trained on, so
+        early stopping scores users the ranker never saw."""
         users = np.unique(self.users[self.fold == 0])
         rng = np.random.default_rng(seed)
         held = rng.choice(users, size=int(round(fraction * len(users))), replace=False)
-        is_held = (self.fold == 0) & np.isin(self.users, held)
-        return self.take(np.flatnonzero(~is_held)), self.take(np.flatnonzero(is_held))
+        of_held = np.isin(self.users, held)
+        return self.take(np.flatnonzero(~of_held)), self.take(np.flatnonzero(of_held & (self.fold == 0)))
 
     _ARRAYS = ("features", "items", "offsets", "positive", "users", "history", "history_times", "lengths", "now", "fold")
 

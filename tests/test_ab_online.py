@@ -134,3 +134,13 @@ def test_cli_ab_report_reads_logs_and_writes_json(tmp_path, capsys):
     assert rep["arms"]["control"]["lists"] == 20 and rep["arms"]["control"]["mrr"] == rep["arms"]["control"]["ctr"] / 2
     assert "clicks/list" in capsys.readouterr().out
     assert main(["ab", "report", "--logs", str(tmp_path / "nope")]) == 2
+
+
+def test_assignment_is_pinned_across_processes():
+    """Golden buckets: a user keeps their arm across processes, machines and restarts (sha256 of
+    'salt:user_id'; Python's salted hash() or another digest would move everyone)."""
+    arms = ({"name": "control", "weight": 1}, {"name": "t", "weight": 1})
+    assert _table(*arms, salt="s1").bucket("u42") == pytest.approx(0.7892120808314745, abs=1e-15)
+    assert _table(*arms, salt="exp-2026").bucket("alice") == pytest.approx(0.02583095314728817, abs=1e-15)
+    assert _table(*arms, salt="s1").assign("u42").name == "t"
+    assert _table(*arms, salt="exp-2026").assign("alice").name == "control"

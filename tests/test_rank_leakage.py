@@ -115,6 +115,9 @@ def test_training_through_workflow_never_sees_evaluated_rows(tmp_path, stage):
     for part in (train_part, holdout):
         labels, hist = _label_rows(part)
         assert labels and not (labels & forbidden) and not (hist & forbidden)
+    # the early-stopping users are never trained on, in any fold
+    assert len(np.unique(train_part.fold)) == 2 and set(np.unique(holdout.fold)) == {0}
+    assert not set(holdout.users.tolist()) & set(train_part.users.tolist())
     # its serving features are bound to exactly the stage's history (all before the targets)
     bound, = recorder.seen["bind"]
     assert _rows(bound.train) == _rows(split.history(stage))

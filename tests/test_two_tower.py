@@ -164,6 +164,12 @@ def test_save_load_round_trip(synthetic, tmp_path, kind):
     _, split, data, trained = synthetic
     trained.save(tmp_path / "trained")
     channel = TwoTowerChannel.load(tmp_path / "trained")
+    probe = build_eval_set(split, "test", 50).batch.take(slice(0, 64))
+    # against the model still in memory: weights, item vectors and answers are restored exactly
+    np.testing.assert_allclose(channel.user_vectors(probe), trained.user_vectors(probe), rtol=1e-6, atol=1e-6)
+    ids = np.arange(data.n_items)
+    np.testing.assert_allclose(channel.item_vectors(ids), trained.item_vectors(ids), rtol=1e-6, atol=1e-6)
+    assert np.array_equal(channel.retrieve(probe, 20).items, trained.retrieve(probe, 20).items)
     channel.index, channel.nlist, channel.nprobe = kind, 4, 2
     channel.index_ = ItemIndex.build(channel.item_vectors(np.arange(data.n_items)), channel.index_config())
     batch = build_eval_set(split, "test", 50).batch.take(slice(0, 64))
