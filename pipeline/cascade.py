@@ -1,8 +1,12 @@
 """The in-process cascade: channels -> pool merge -> ranker -> re-ranker.
 
 The same object answers offline evaluation, tests and (wrapped by the serving module) HTTP
-requests. A channel that raises is dropped for that batch and named in `degraded`; if every
-channel fails, the `fallback` channel (popularity) answers.
+requests. A channel that raises is dropped for that batch and named in `degraded`. The `fallback`
+channel (popularity, a separate object from the configured channels) answers the anonymous rows
+(no user id and an empty history: the other channels have nothing to read; a known user without
+history still reaches channels keyed by user, such as a candidate table) and every row when all
+channels failed; if it fails too, the rows get empty lists with 'fallback' in
+`degraded`, never an error.
 """
 from __future__ import annotations
 
@@ -67,16 +71,27 @@ class Cascade:
         outputs: dict[str, Retrieved] = {}
         degraded: list[str] = []
         timings: dict[str, float] = {}
-        for ch in self.channels:
+        cold = anonymous_rows(batch) if self.fallback is not None else np.zeros(len(batch), bool)
+        warm = np.flatnonzero(~cold)
+        rows = batch if len(warm) == len(batch) else batch.take(warm)
+        for ch in self.channels if len(warm) else ():
             t = time.perf_counter()
             try:
-                outputs[ch.name] = ch.retrieve(batch, self.quotas.get(ch.name, 100))
+                outputs[ch.name] = _scatter(ch.retrieve(rows, self.quotas.get(ch.name, 100)), warm, len(batch))
             except Exception as err:  # a failing channel degrades the answer, never breaks it
                 log.warning("channel %s failed: %s", ch.name, err)
                 degraded.append(ch.name)
             timings[f"channel.{ch.name}"] = (time.perf_counter() - t) * 1e3
-        if not outputs and self.fallback is not None:
-            outputs[self.fallback.name] = self.fallback.retrieve(batch, self.pool_spec.budget)
+        need = np.ones(len(batch), bool) if not outputs else cold
+        if need.any() and self.fallback is not None:
+            t = time.perf_counter()
+            try:
+                part = self.fallback.retrieve(batch.take(np.flatnonzero(need)), self.pool_spec.budget)
+                outputs[self.fallback.name] = _scatter(part, np.flatnonzero(need), len(batch))
+            except Exception as err:  # the last resort failed too: empty lists, flagged
+                log.warning("fallback channel %s failed: %s", self.fallback.name, err)
+                degraded.append(self.fallback.name)
+            timings[f"channel.{self.fallback.name}"] = (time.perf_counter() - t) * 1e3
         return outputs, degraded, timings
 
     def run(self, batch: RequestBatch, k: int) -> StageResult:
@@ -117,3 +132,18 @@ class Cascade:
         for r, f in enumerate(self.run(batch, k).final):
             out[r, : len(f)] = f.items[:k]
         return out
+
+
+def anonymous_rows(batch: RequestBatch) -> np.ndarray:
+    """bool [B]: rows with no user id and no history, which only the fallback can answer."""
+    return (batch.users == PAD) & (batch.lengths == 0)
+
+
+def _scatter(part: Retrieved, rows: np.ndarray, n_rows: int) -> Retrieved:
+    """`part` answered `rows` of a batch of `n_rows`: the whole batch's answer (PAD elsewhere)."""
+    if len(rows) == n_rows:
+        return part
+    items = np.full((n_rows, part.items.shape[1]), PAD, np.int64)
+    scores = np.full((n_rows, part.items.shape[1]), -np.inf, np.float32)
+    items[rows], scores[rows] = part.items, part.scores
+    return Retrieved(items, scores)

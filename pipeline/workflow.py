@@ -33,6 +33,7 @@ from pipeline.registry import (
 )
 
 log = logging.getLogger(__name__)
+FALLBACK = "fallback"  # name of the cascade's own popularity channel
 RERANK_VECTORS = "rerank_vectors.npy"  # item vectors for the re-ranker's similarity (MMR), in the run folder
 
 
@@ -97,12 +98,21 @@ class Run:
     rerank_vectors: np.ndarray | None = None  # item vectors the re-rankers are bound with (see reranker_vectors)
 
 
-def build_cascade(cfg: Config, channels: dict, ranker=None, reranker=None) -> Cascade:
+def fallback_channel(data: FitData):
+    """The cascade's own popularity channel (role: fallback), fitted on the stage's data: a
+    separate object from any configured channel, so it still answers when they all fail, and it
+    exists when no popularity channel is configured."""
+    from channels.popularity import PopularityChannel
+
+    return PopularityChannel(name=FALLBACK).fit(data)
+
+
+def build_cascade(cfg: Config, channels: dict, ranker=None, reranker=None, fallback=None) -> Cascade:
     """The cascade of a config over fitted channels; `ranker`/`reranker` default to fresh ones
-    built from the config (a trained ranker comes from the run folder, see load_run)."""
+    built from the config (a trained ranker comes from the run folder, see load_run); `fallback`
+    answers empty histories and requests whose channels all failed (see fallback_channel)."""
     enabled = [channels[c.name] for c in cfg.enabled_channels()]
     quotas = {c.name: c.quota for c in cfg.enabled_channels()}
-    fallback = next((ch for ch in enabled if type(ch).__name__ == "PopularityChannel"), None)
     return Cascade(
         enabled, quotas,
         ranker=ranker if ranker is not None else build_stage(cfg.ranker, RANKER_KINDS, "ranker"),
@@ -232,7 +242,8 @@ def load_run(path: str | Path) -> Run:
                for arm in cfg.arms if (name := arm.name) in (manifest.get("arm_rankers") or {})}
     vectors = load_rerank_vectors(path, manifest)
     reranker = bind_reranker(build_stage(cfg.rerank, RERANKER_KINDS, "rerank"), dataset, vectors)
-    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels, ranker, reranker), manifest,
+    fallback = fallback_channel(fit_data(dataset, split, stage, cfg.run.seed))
+    return Run(path, cfg, stage, dataset, split, channels, build_cascade(cfg, channels, ranker, reranker, fallback), manifest,
                rankers, vectors)
 
 

@@ -46,9 +46,56 @@ def test_failing_channel_is_dropped_and_named():
 def test_all_channels_down_falls_back_to_popularity():
     pop = PopularityChannel(half_life_days=None).fit(tiny_fit_data())
     cascade = Cascade([Broken()], {"broken": 5}, fallback=pop)
-    rec = cascade.recommend(Request(user=None, history=np.array([], np.int64), k=2))
-    assert rec.degraded == ["broken"] and len(rec.items) == 2
+    rec = cascade.recommend(Request(user=0, history=np.array([3], np.int64), k=2))
+    assert rec.degraded == ["broken"] and len(rec.items) == 2 and 3 not in rec.items
     assert rec.reasons[0] == ["channel:popularity"]
+
+
+class Counting(PopularityChannel):
+    """A popularity channel that records the batch sizes it was asked for."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls = []
+
+    def retrieve(self, batch, k):
+        self.calls.append(len(batch))
+        return super().retrieve(batch, k)
+
+
+def test_anonymous_rows_are_answered_by_the_fallback_alone():
+    data = tiny_fit_data()
+    personal = Counting(name="personal", half_life_days=30).fit(data)
+    fallback = PopularityChannel(name="fallback", half_life_days=None).fit(data)
+    cascade = Cascade([personal], {"personal": 3}, fallback=fallback)
+    res = cascade.run(batch_of([[], [0, 1]], now=[50 * DAY] * 2, users=[-1, 0]), 3)
+    assert personal.calls == [1]  # the channels only read the row that has a history
+    assert res.final[0].reasons and all(r == ["channel:fallback"] for r in res.final[0].reasons)
+    assert all("channel:personal" in r for r in res.final[1].reasons)
+    anonymous = cascade.recommend(Request(user=None, k=2))
+    assert len(anonymous.items) == 2 and anonymous.degraded == [] and personal.calls == [1]
+    known = cascade.recommend(Request(user=2, k=2))  # a known user without history still reaches the channels
+    assert personal.calls == [1, 1] and len(known.items) == 2
+
+
+def test_a_failing_fallback_gives_empty_lists_not_an_error():
+    broken_fallback = Broken()
+    broken_fallback.name = "fallback"
+    cascade = Cascade([Broken()], {"broken": 5}, fallback=broken_fallback)
+    rec = cascade.recommend(Request(user=0, history=np.array([3], np.int64), k=2))
+    assert len(rec.items) == 0 and rec.degraded == ["broken", "fallback"]
+
+
+def test_a_run_without_a_popularity_channel_still_has_a_fallback(tmp_path):
+    from pipeline.config import parse_config
+    from pipeline.workflow import load_run, train
+
+    cfg = parse_config({"data": {"synthetic": {"n_users": 80, "n_items": 60, "seed": 1}},
+                        "channels": [{"name": "item2item", "kind": "item2item", "quota": 20}]})
+    run = load_run(train(cfg, run_dir=tmp_path / "run"))
+    assert run.cascade.fallback is not None and run.cascade.fallback is not run.channels["item2item"]
+    rec = run.cascade.recommend(Request(user=None, k=5))
+    assert len(rec.items) == 5 and all(r == ["channel:fallback"] for r in rec.reasons)
 
 
 def test_topk_shape_and_padding():

@@ -190,7 +190,8 @@ def test_faults_degrade_within_budget_and_recover(served):
         elapsed = time.perf_counter() - t
         assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is True
         assert len(body["items"]) == 10 and elapsed < 1.2  # the popularity budget is 300 ms; its delay 1.5 s
-        body = post(url, {"k": 5, "arm": "control"}).json()
+        item = str(served["view"].dataset.item_ids[0])  # a history, so the channels are asked (anonymous: popularity only)
+        body = post(url, {"history": [item], "k": 5, "arm": "control"}).json()
         assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is False
         assert all("channel:recall" in i["reasons"] for i in body["items"])
     finally:

@@ -67,9 +67,33 @@ def test_every_channel_down_popularity_answers_from_the_ingress(run_dir, tmp_pat
     service, backends, client, _ = _service(run_dir, tmp_path)
     for component in backends.channels.values():
         component.fault = Fault(error_rate=1.0)
-    body = client.post("/recommend", json={"k": 7}).json()
+    body = client.post("/recommend", json={"history": ["i1"], "k": 7}).json()
     assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is True
     assert len(body["items"]) == 7 and body["items"][0]["reasons"] == ["channel:popularity"]
+
+
+def test_anonymous_requests_are_answered_by_popularity_alone(run_dir, tmp_path):
+    service, backends, client, _ = _service(run_dir, tmp_path)
+    for component in backends.channels.values():  # would flag them if they were called
+        component.fault = Fault(error_rate=1.0)
+    body = client.post("/recommend", json={"k": 6}).json()
+    assert body["degraded"] == [] and body["fallback"] is True and len(body["items"]) == 6
+    assert all(i["reasons"][0] == "channel:popularity" for i in body["items"])
+
+
+def test_a_failing_fallback_answers_an_empty_list_not_a_5xx(run_dir, tmp_path):
+    service, backends, client, _ = _service(run_dir, tmp_path)
+    for component in backends.channels.values():
+        component.fault = Fault(error_rate=1.0)
+
+    def down(*a, **k):
+        raise RuntimeError("popularity table unreadable")
+
+    service.state.fallback.retrieve = down
+    r = client.post("/recommend", json={"history": ["i1"], "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["items"] == [] and "fallback" in body["degraded"]
 
 
 def test_failing_ranker_and_reranker_keep_the_pool_order(run_dir, tmp_path):
@@ -88,10 +112,11 @@ def test_failing_ranker_and_reranker_keep_the_pool_order(run_dir, tmp_path):
 
 def test_short_lists_are_topped_up_from_popularity(run_dir, tmp_path):
     service, _, client, _ = _service(run_dir, tmp_path, experiment={"name": "x", "salt": "s", "arms": [
-        {"name": "i2i-only", "weight": 1, "channels": ["item2item"]}]})
-    body = client.post("/recommend", json={"k": 8}).json()  # anonymous, no history: item2item finds nothing
-    assert len(body["items"]) == 8 and {tuple(i["reasons"]) for i in body["items"]} == {("backfill:popularity",)}
-    assert all(i["score"] is None for i in body["items"])
+        {"name": "i2i-only", "weight": 1, "channels": ["item2item"], "budget": 3}]})
+    body = client.post("/recommend", json={"history": ["i1"], "k": 8}).json()  # a pool of 3 for a list of 8
+    backfilled = [i for i in body["items"] if i["reasons"] == ["backfill:popularity"]]
+    assert len(body["items"]) == 8 and len(backfilled) == 5
+    assert all(i["score"] is None for i in backfilled)
 
 
 def test_configured_limits_below_the_schema_are_enforced(run_dir, tmp_path):

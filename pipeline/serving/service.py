@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.cascade import anonymous_rows
 from pipeline.pool import PoolSpec, merge_pool
 from pipeline.protocols import Channel
 from pipeline.serving.ab import ArmPlan, ArmTable, UnknownArm
@@ -169,10 +170,11 @@ class RecommendService:
             raise BadRequest(422, str(err)) from None
         res = resolve(req, state)
         turn = Turn(state, plan, res.batch)
-        outputs = await self._retrieve(turn)
+        # an anonymous request (no user id, no history) gives the channels nothing to read: popularity answers
+        outputs = {} if anonymous_rows(res.batch)[0] else await self._retrieve(turn)
         fallback = not outputs
         if fallback:
-            outputs = {state.fallback.name: state.fallback.retrieve(res.batch, plan.budget)}
+            outputs = self._fallback(turn, plan.budget)
             self.metrics.fallback.inc()
         t1 = time.perf_counter()
         order = plan.channels + tuple(n for n in outputs if n not in plan.channels)
@@ -277,12 +279,23 @@ class RecommendService:
         turn.timings.update(rank=(t2 - t) * 1e3, rerank=(time.perf_counter() - t2) * 1e3)
         return final
 
+    def _fallback(self, turn: Turn, k: int) -> dict[str, Retrieved]:
+        """The ingress popularity channel's answer, or nothing (flagged) if even it fails."""
+        try:
+            return {turn.state.fallback.name: turn.state.fallback.retrieve(turn.batch, k)}
+        except Exception as err:  # the last resort failed: an empty list, never a 5xx
+            log.warning("fallback channel failed: %s: %s", type(err).__name__, err)
+            if "fallback" not in turn.degraded:
+                turn.degraded.append("fallback")
+            return {}
+
     def _backfill(self, turn: Turn, final: CandidateSet, k: int) -> tuple[np.ndarray, list[float | None], list[list[str]]]:
         items = final.items[:k].astype(np.int64)
         scores: list[float | None] = [float(s) if np.isfinite(s) else None for s in final.scores[:k]]
         reasons = [list(r) for r in (final.reasons or [[] for _ in range(len(items))])[:k]]
         if len(items) < k:
-            extra = turn.state.fallback.retrieve(turn.batch, k + len(items)).items[0]
+            answer = self._fallback(turn, k + len(items)).get(turn.state.fallback.name)
+            extra = answer.items[0] if answer is not None else np.zeros(0, np.int64)
             extra = extra[(extra != PAD) & ~np.isin(extra, items)][: k - len(items)]
             items = np.concatenate([items, extra])
             scores += [None] * len(extra)
