@@ -159,9 +159,7 @@ def test_event_log_rotates_and_never_blocks(tmp_path):
     log.close()
     assert len(log.files()) > 3
     assert [r["n"] for r in read_events(tmp_path, "served")] == list(range(50))
-    tiny = EventLog(tmp_path / "q", "served", queue_size=1)
-    tiny._ensure_started = lambda: None  # no writer: the queue fills up
-    assert tiny.write({"a": 1}) and not tiny.write({"a": 2}) and tiny.dropped == 1
+    # a full queue behind a stuck writer: tests/test_eventlog.py
 
 
 def test_resolve_appends_sent_history_and_reports_unknown_ids(run_dir, tmp_path):

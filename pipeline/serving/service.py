@@ -208,10 +208,12 @@ class RecommendService:
         state = self.current()
         if state.feedback_log is None:
             return False
-        return state.feedback_log.write({
+        accepted = state.feedback_log.write({
             "type": "feedback", "request_id": fb.request_id, "item_id": fb.item_id, "event": fb.event,
             "user_id": fb.user_id, "time": time.time(),
         })
+        self.metrics.log_dropped.labels("feedback").set(state.feedback_log.dropped)
+        return accepted
 
     def _check_limits(self, req: RecommendRequest) -> None:
         lim = self.cfg.limits
