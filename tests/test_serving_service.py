@@ -123,9 +123,25 @@ def test_configured_limits_below_the_schema_are_enforced(run_dir, tmp_path):
     _, _, client, _ = _service(run_dir, tmp_path, limits={"max_k": 20, "max_history": 3, "max_body_bytes": 2048})
     assert client.post("/recommend", json={"k": 21}).status_code == 422
     r = client.post("/recommend", json={"history": ["a", "b", "c", "d"]})
-    assert r.status_code == 422 and "at most 3" in r.json()["error"]
+    assert r.status_code == 422 and "at most 3" in r.text and "history" in r.text
     r = client.post("/recommend", content=b'{"history": ["' + b"x" * 3000 + b'"]}', headers={"content-type": "application/json"})
     assert r.status_code == 413
+
+
+def test_configured_limits_above_the_defaults_take_effect(run_dir, tmp_path):
+    limits = {"max_k": 500, "max_history": 300, "max_context_keys": 40, "max_id_length": 8, "max_body_bytes": 1 << 20}
+    service, _, client, view = _service(run_dir, tmp_path, limits=limits)
+    items = [str(i) for i in view.dataset.item_ids[:150]] * 2  # 300 > the default 200
+    r = client.post("/recommend", json={"history": items, "k": 150})  # k above the default 100
+    assert r.status_code == 200 and r.json()["history_used"] > 0
+    context = {f"c{i}": i for i in range(30)}  # above the default 16 keys
+    assert client.post("/recommend", json={"context": context, "k": 3}).status_code == 200
+    r = client.post("/recommend", json={"user_id": "x" * 9})
+    assert r.status_code == 422 and "user_id" in r.text
+    assert client.post("/feedback", json={"request_id": "r", "item_id": "y" * 9}).status_code == 422
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]["properties"]
+    assert schema["k"]["maximum"] == 500 and schema["history"]["maxItems"] == 300
+    service.state.served_log.close()
 
 
 def test_chunked_body_over_the_limit_is_413(run_dir, tmp_path):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model, field_validator
 
 from pipeline.serving.config import Limits
 
-LIMITS = Limits()  # the schema's bounds; a smaller configured limit is checked again by the service
+LIMITS = Limits()  # the default bounds; `request_models(limits)` builds the schema of a configured server
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=LIMITS.max_id_length)] | Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 ContextValue = (
@@ -112,3 +112,24 @@ class Health(BaseModel):
 class ErrorResponse(BaseModel):
     error: str
     detail: list[str] = []
+
+
+def _id_type(max_length: int):
+    return Annotated[StrictStr, Field(min_length=1, max_length=max_length)] | Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
+def request_models(limits: Limits) -> tuple[type[RecommendRequest], type[FeedbackRequest]]:
+    """The request models with a server's configured limits in their schema (and so in its
+    OpenAPI document): raising `limits.max_k` in the serving config lets larger k through, and a
+    smaller one refuses it with a 422 naming the field."""
+    ident = _id_type(limits.max_id_length)
+    recommend = create_model(
+        "RecommendRequest", __base__=RecommendRequest,
+        user_id=(ident | None, None),
+        history=(list[ident], Field(default_factory=list, max_length=limits.max_history)),
+        k=(StrictInt, Field(10, ge=1, le=limits.max_k)),
+        context=(dict[Annotated[str, Field(min_length=1, max_length=64)], ContextValue],
+                 Field(default_factory=dict, max_length=limits.max_context_keys)),
+    )
+    feedback = create_model("FeedbackRequest", __base__=FeedbackRequest, item_id=(ident, ...), user_id=(ident | None, None))
+    return recommend, feedback

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.serving.api import (
     ChannelsResponse, ErrorResponse, FeedbackRequest, FeedbackResponse, Health, RecommendRequest, RecommendResponse,
+    request_models,
 )
 from pipeline.serving.metrics import CONTENT_TYPE
 from pipeline.serving.service import BadRequest, RecommendService
@@ -131,16 +132,21 @@ def create_app(service: RecommendService, max_body_bytes: int) -> FastAPI:
     started = time.time()
     _handlers(app)
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
+    recommend_model, feedback_model = request_models(service.cfg.limits)  # the configured limits
+
     async def recommend(body: RecommendRequest) -> Response:
         """Top-k items for a user id and/or a recent history, with scores, reasons, arm, timings."""
         out = await service.recommend(body)  # already a validated RecommendResponse: serialise once
         return Response(out.model_dump_json(), media_type="application/json")
 
-    @app.post("/feedback", response_model=FeedbackResponse, status_code=202, responses=ERRORS)
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Record a click (or another event) on a served list, joined later by request_id."""
         return FeedbackResponse(accepted=service.feedback(body))
+
+    recommend.__annotations__["body"] = recommend_model  # the models built for this server's limits
+    feedback.__annotations__["body"] = feedback_model
+    app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)(recommend)
+    app.post("/feedback", response_model=FeedbackResponse, status_code=202, responses=ERRORS)(feedback)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

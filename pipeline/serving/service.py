@@ -223,6 +223,9 @@ class RecommendService:
             raise BadRequest(422, f"history has {len(req.history)} items; this server takes at most {lim.max_history}")
         if len(req.context) > lim.max_context_keys:
             raise BadRequest(422, f"context has {len(req.context)} keys; at most {lim.max_context_keys}")
+        long_ids = [i for i in [req.user_id, *req.history] if i is not None and len(i) > lim.max_id_length]
+        if long_ids:
+            raise BadRequest(422, f"an id is {len(long_ids[0])} characters long; at most {lim.max_id_length}")
 
     async def _retrieve(self, turn: Turn) -> dict[str, Retrieved]:
         plan, batch, run = turn.plan, turn.batch, turn.state.fingerprint
