@@ -10,17 +10,21 @@ For every request row it POSTs JSON to `url` and maps the answer back to dense i
       history_len: 50                # most recent history items sent
       headers: {}
       max_workers: 4                 # rows of a batch called concurrently
+      deadline_ms: null              # the whole batch; rows not answered by then fail (null: 2 x timeout_ms)
 
 Ids on the wire are the dataset's ORIGINAL ids (strings). The `k` sent is k plus the number of
 history items sent (seen items are dropped here). Items the run does not know, seen items and
 duplicates are dropped; without `scores` the service's order is kept (score 1/(1+rank)).
-A row whose call fails is empty; when every row of a batch fails, `retrieve` raises, so the
-cascade (or the serving ingress) drops the channel for that batch and names it as degraded.
+A row whose call fails (an error status, a timeout, a body that does not parse, a score that is not
+a finite number, or the batch deadline) is empty and marked in `Retrieved.failed`, so the cascade
+and the serving ingress name the channel as degraded; when every row of a batch fails, `retrieve`
+raises and the channel is dropped for that batch.
 """
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -57,7 +61,7 @@ class HttpChannel:
     def __init__(
         self, *, name: str = "http", url: str, timeout_ms: float = 50.0, request: dict[str, str | None] | None = None,
         response: dict[str, str | None] | None = None, history_len: int = 50, headers: dict[str, str] | None = None,
-        max_workers: int = 4,
+        max_workers: int = 4, deadline_ms: float | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"channel '{name}': url must start with http:// or https://, got {url!r}")
@@ -72,6 +76,9 @@ class HttpChannel:
         self.history_len = history_len
         self.headers = dict(headers or {})
         self.max_workers = max_workers
+        if deadline_ms is not None and deadline_ms <= 0:
+            raise ValueError(f"channel '{name}': deadline_ms must be > 0, got {deadline_ms}")
+        self.deadline_ms = deadline_ms
 
     def fit(self, data: FitData) -> "HttpChannel":
         if data.user_ids is None or data.item_ids is None:
@@ -102,8 +109,8 @@ class HttpChannel:
         }
         return {field: values[key] for key, field in self.request.items() if field}
 
-    def _call(self, payload: dict[str, Any]) -> tuple[list[Any], list[Any] | None]:
-        r = self._session().post(self.url, json=payload, headers=self.headers, timeout=self.timeout_ms / 1e3)
+    def _call(self, payload: dict[str, Any], timeout_s: float) -> tuple[list[Any], list[Any] | None]:
+        r = self._session().post(self.url, json=payload, headers=self.headers, timeout=timeout_s)
         r.raise_for_status()
         body = r.json()
         items = read_path(body, self.response["items"])
@@ -117,38 +124,58 @@ class HttpChannel:
             raise HttpChannelError(f"channel '{self.name}': items must be a list, scores a list of the same length")
         return items, scores
 
-    def _row(self, batch: RequestBatch, row: int, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _row(self, batch: RequestBatch, row: int, k: int, end: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """One row's answer, or None when its call failed or the batch's deadline (`end`) passed."""
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
         try:
-            items, scores = self._call(self._payload(batch, row, k))
-        except (requests.RequestException, ValueError, HttpChannelError) as err:
+            items, scores = self._call(self._payload(batch, row, k), min(self.timeout_ms / 1e3, left))
+            return self._map_row(batch, row, k, items, scores)
+        except (requests.RequestException, ValueError, TypeError, HttpChannelError) as err:
             log.warning("channel %s: row %d failed: %s", self.name, row, err)
             return None
+
+    def _map_row(self, batch: RequestBatch, row: int, k: int, items: list, scores: list | None):
+        """Original ids -> dense ids, without seen items or duplicates; scores must be finite numbers."""
         seen = set(batch.seen_of(row).tolist())
         ids, vals, taken = [], [], set()
         for rank, item in enumerate(items):
             dense = self.item_index_.get(str(item))
             if dense is None or dense in seen or dense in taken:
                 continue
-            score = float(scores[rank]) if scores is not None else 1.0 / (1.0 + rank)
+            score = float(scores[rank]) if scores is not None else 1.0 / (1.0 + rank)  # ValueError: not a number
+            if not np.isfinite(score):
+                raise HttpChannelError(f"score {scores[rank]!r} of item {item!r} is not a finite number")
             ids.append(dense)
             vals.append(score)
             taken.add(dense)
         order = np.argsort(-np.asarray(vals, np.float64), kind="stable")[:k]
         return np.asarray(ids, np.int64)[order], np.asarray(vals, np.float32)[order]
 
+    def deadline_s(self) -> float:
+        """The time one batch may take, all rows together."""
+        return (self.deadline_ms if self.deadline_ms is not None else 2.0 * self.timeout_ms) / 1e3
+
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
         if not hasattr(self, "item_index_"):
             raise RuntimeError(f"channel '{self.name}': call fit() before retrieve()")
         n = len(batch)
-        if n == 1 or self.max_workers == 1:
-            rows = [self._row(batch, r, k) for r in range(n)]
+        end = time.monotonic() + self.deadline_s()
+        if n == 1 or self.max_workers == 1:  # in turn, each row only while time is left
+            rows = [self._row(batch, r, k, end) for r in range(n)]
         else:
             if getattr(self, "_pool", None) is None:
                 self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix=f"http-{self.name}")
-            rows = list(self._pool.map(lambda r: self._row(batch, r, k), range(n)))
+            futures = [self._pool.submit(self._row, batch, r, k, end) for r in range(n)]
+            wait(futures, timeout=max(0.0, end - time.monotonic()))
+            rows = [f.result() if f.done() else None for f in futures]
+            for f in futures:
+                f.cancel()  # rows past the deadline that have not started
         if n and all(r is None for r in rows):
             raise HttpChannelError(f"channel '{self.name}': every call to {self.url} failed")
-        out = Retrieved.empty(n, k)
+        out = Retrieved(np.full((n, k), PAD, np.int64), np.full((n, k), -np.inf, np.float32),
+                        np.array([r is None for r in rows], bool))
         for r, got in enumerate(rows):
             if got is not None:
                 out.items[r, : len(got[0])] = got[0]

@@ -78,6 +78,8 @@ class Cascade:
             t = time.perf_counter()
             try:
                 outputs[ch.name] = _scatter(ch.retrieve(rows, self.quotas.get(ch.name, 100)), warm, len(batch))
+                if outputs[ch.name].any_failed():  # answered, but not for every row
+                    degraded.append(ch.name)
             except Exception as err:  # a failing channel degrades the answer, never breaks it
                 log.warning("channel %s failed: %s", ch.name, err)
                 degraded.append(ch.name)
@@ -146,4 +148,8 @@ def _scatter(part: Retrieved, rows: np.ndarray, n_rows: int) -> Retrieved:
     items = np.full((n_rows, part.items.shape[1]), PAD, np.int64)
     scores = np.full((n_rows, part.items.shape[1]), -np.inf, np.float32)
     items[rows], scores[rows] = part.items, part.scores
-    return Retrieved(items, scores)
+    failed = None
+    if part.failed is not None:
+        failed = np.zeros(n_rows, bool)
+        failed[rows] = part.failed
+    return Retrieved(items, scores, failed)

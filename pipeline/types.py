@@ -158,16 +158,24 @@ class RequestBatch:
 
 @dataclass(frozen=True)
 class Retrieved:
-    """A channel's answer for a batch: item indices [B, k] (PAD where fewer), scores [B, k]."""
+    """A channel's answer for a batch: item indices [B, k] (PAD where fewer), scores [B, k];
+    `failed` (bool [B], optional) marks rows the channel could not answer (their lists are empty
+    and the channel is named as degraded for them)."""
 
     items: np.ndarray
     scores: np.ndarray
+    failed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.items.shape != self.scores.shape or self.items.ndim != 2:
             raise ValueError(
                 f"Retrieved needs items and scores of one 2-D shape, got {self.items.shape} and {self.scores.shape}"
             )
+        if self.failed is not None and self.failed.shape != self.items.shape[:1]:
+            raise ValueError(f"Retrieved.failed needs shape ({self.items.shape[0]},), got {self.failed.shape}")
+
+    def any_failed(self) -> bool:
+        return self.failed is not None and bool(self.failed.any())
 
     @classmethod
     def empty(cls, batch_size: int, k: int = 0) -> "Retrieved":

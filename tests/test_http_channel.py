@@ -53,6 +53,37 @@ def test_slow_or_failing_service_raises_so_the_cascade_degrades_it():
             assert rec.degraded == ["recall"] and len(rec.items) == 3
 
 
+def test_one_failing_row_is_empty_and_flagged_the_others_answer():
+    per_user = {"u1": {"status": 500}, "u2": {"score": "high"}}  # an error status, a score that is no number
+    with StubRecall(["i4", "i5"], per_user=per_user) as stub:
+        ch = _channel(stub.url, max_workers=1)
+        got = ch.retrieve(batch_of([[0], [0], [0]], users=[0, 1, 2]), 2)
+        assert got.failed.tolist() == [False, True, True]
+        assert got.items[0].tolist() == [4, 5] and (got.items[1:] == PAD).all()
+        pop = PopularityChannel(half_life_days=None).fit(tiny_fit_data())
+        cascade = Cascade([pop, ch], {"popularity": 3, "recall": 3}, fallback=pop)
+        rec = cascade.recommend(Request(user=1, history=np.array([0]), k=3))
+        assert rec.degraded == ["recall"] and len(rec.items) == 3  # flagged, answered by the rest
+        assert cascade.recommend(Request(user=0, history=np.array([0]), k=3)).degraded == []
+
+
+def test_the_batch_deadline_bounds_the_whole_call():
+    import time
+
+    slow = {f"u{u}": {"delay_s": 0.4} for u in (1, 2, 3)}
+    with StubRecall(["i4"], per_user=slow) as stub:
+        for workers in (1, 2):
+            ch = _channel(stub.url, timeout_ms=1000, deadline_ms=300, max_workers=workers)
+            t = time.perf_counter()
+            got = ch.retrieve(batch_of([[0]] * 4, users=[0, 1, 2, 3]), 1)
+            elapsed = time.perf_counter() - t
+            assert got.failed.tolist() == [False, True, True, True] and got.items[0, 0] == 4
+            assert elapsed < 2.0  # one row after another without a deadline: 3 x 0.4 s + row 0
+    assert _channel("http://127.0.0.1:9/", timeout_ms=40).deadline_s() == pytest.approx(0.08)
+    with pytest.raises(ValueError, match="deadline_ms must be > 0"):
+        HttpChannel(name="x", url="http://127.0.0.1/", deadline_ms=0)
+
+
 def test_unreachable_service_and_bad_params():
     ch = _channel("http://127.0.0.1:9/none", timeout_ms=50)  # discard port: connection refused
     with pytest.raises(HttpChannelError):

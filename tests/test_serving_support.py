@@ -36,8 +36,12 @@ class StubRecall:
     """A small JSON recall service on 127.0.0.1: answers `{"results": [{"id", "score"}]}` with the
     configured item ids; `delay_s` and `status` simulate a slow or failing backend."""
 
-    def __init__(self, items: list[str], delay_s: float = 0.0, status: int = 200) -> None:
+    def __init__(self, items: list[str], delay_s: float = 0.0, status: int = 200,
+                 per_user: dict[str, dict[str, Any]] | None = None) -> None:
+        """`per_user`: user id -> overrides for that user's calls: `status`, `delay_s`, `score`
+        (the value sent as every item's score, e.g. a string)."""
         self.items, self.delay_s, self.status = items, delay_s, status
+        self.per_user = per_user or {}
         self.calls: list[dict[str, Any]] = []
         stub = self
 
@@ -47,11 +51,13 @@ class StubRecall:
 
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.calls.append(body)
-                time.sleep(stub.delay_s)
+                special = stub.per_user.get(str(body.get("user_id")), {})
+                time.sleep(special.get("delay_s", stub.delay_s))
                 k = int(body.get("k", 10))
-                out = {"results": [{"id": i, "score": float(len(stub.items) - n)} for n, i in enumerate(stub.items[:k])]}
+                out = {"results": [{"id": i, "score": special.get("score", float(len(stub.items) - n))}
+                                   for n, i in enumerate(stub.items[:k])]}
                 data = json.dumps(out).encode()
-                self.send_response(stub.status)
+                self.send_response(special.get("status", stub.status))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -247,9 +247,9 @@ class RecommendService:
         results = await asyncio.gather(*(one(n) for n in plan.channels))
         for name, out, reason, seconds in results:
             turn.timings[f"channel.{name}"] = seconds * 1e3
-            if out is None:
+            if out is None or out.any_failed():  # failed, or answered without this request's row
                 turn.degraded.append(name)
-                self.metrics.degraded.labels(name, reason).inc()
+                self.metrics.degraded.labels(name, reason or "row_failed").inc()
         return {name: out for name, out, _, _ in results if out is not None}
 
     async def _stage(self, turn: Turn, name: str, call: Any, budget_ms: float) -> Any:
