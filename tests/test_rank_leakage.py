@@ -110,6 +110,11 @@ def test_training_through_workflow_never_sees_evaluated_rows(tmp_path, stage):
     assert len(RecordingChannel.seen_rows) == 3
     for rows in RecordingChannel.seen_rows:
         assert not (_rows(rows) & forbidden)
+    # each fold's channels are fitted on that fold's history exactly: never on its own labels
+    folds = ranking_folds(split, stage, 2, leave_one_out)
+    for fold, rows in zip(folds, RecordingChannel.seen_rows[1:]):
+        assert not (_rows(rows) & _rows(fold.targets)), f"fold {fold.name}: its labels reached its channels"
+        assert _rows(rows) == _rows(fold.history)
     # ranker: labels and request histories hold no evaluated row
     (train_part, holdout), = recorder.seen["fit"]
     for part in (train_part, holdout):
