@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import socket
 import time
 from pathlib import Path
@@ -45,10 +47,20 @@ def quickstart(config_path: str | Path, overrides: dict[str, Any] | None = None)
     return 0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(low: int = 20000, high: int = 32000, tries: int = 200) -> int:
+    """A TCP port free on 127.0.0.1 now, drawn below the kernel's ephemeral range (32768 and up
+    on Linux), so no socket the system opens meanwhile is handed the same port; a server that
+    must be told its port in advance (Ray Serve) is then far less likely to lose it before it binds."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(tries):
+        port = rng.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in [{low}, {high}) after {tries} tries")
 
 
 def serve_one_request(run_path: Path, user_id: str, k: int = 10) -> dict[str, Any]:
@@ -59,7 +71,7 @@ def serve_one_request(run_path: Path, user_id: str, k: int = 10) -> dict[str, An
     from pipeline.serving.config import load_serve_config
 
     t = time.perf_counter()
-    cfg = load_serve_config(SERVING_CONFIG if SERVING_CONFIG.is_file() else None, {"http.port": _free_port()})
+    cfg = load_serve_config(SERVING_CONFIG if SERVING_CONFIG.is_file() else None, {"http.port": free_port()})
     url = app.start(run_path, cfg)
     try:
         print(f"      app up at {url} ({time.perf_counter() - t:.1f}s); POST {url}/recommend")

@@ -132,9 +132,21 @@ def test_rqvae_codes_valid_deterministic_and_dead_codes_restarted(tmp_path):
     codes = q.encode(x)
     assert codes.shape == (200, 2) and (codes[:, 0] < 16).all() and (codes[:, 1] < 8).all()
     np.testing.assert_array_equal(codes, RQVAE((16, 8), hidden=16, d_latent=4, epochs=15, seed=0).fit(x).encode(x))
-    assert all("dead_restarted" in h for h in q.history_)
+    assert len(q.history_) == 15 and q.history_[-1]["loss"] < q.history_[0]["loss"]
     q.save(tmp_path)
     np.testing.assert_array_equal(RQVAE.load(tmp_path).encode(x), codes)
+    # dead-code restart on a batch that uses 4 of level 0's 16 codes and every code of level 1
+    import torch
+
+    used = torch.tensor([[i % 4, i % 8] for i in range(32)])
+    residuals = [torch.arange(32 * 4, dtype=torch.float32).reshape(32, 4) + 1000 * lv for lv in range(2)]
+    before = [b.detach().clone() for b in q.net_.codebooks]
+    restarted = q._restart_dead(used, residuals, torch.Generator().manual_seed(0))
+    after = [b.detach() for b in q.net_.codebooks]
+    assert restarted == 12
+    assert torch.equal(after[0][:4], before[0][:4]) and torch.equal(after[1], before[1])  # used codes stay
+    rows = {tuple(r.tolist()) for r in residuals[0]}
+    assert all(tuple(after[0][c].tolist()) in rows for c in range(4, 16))  # dead codes moved onto data
 
 
 def test_sentence_transformer_from_a_local_path(synth):

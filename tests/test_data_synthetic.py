@@ -20,9 +20,8 @@ def data_default() -> tuple[Dataset, float]:
     return data, time.perf_counter() - start
 
 
-def test_defaults_are_fast_and_shaped(data_default: tuple[Dataset, float]) -> None:
-    data, seconds = data_default
-    assert seconds < 4.0  # about 0.5 s alone; margin for a shared machine
+def test_defaults_are_shaped(data_default: tuple[Dataset, float]) -> None:
+    data, _ = data_default  # its speed is a benchmark figure, not a test
     assert (data.n_users, data.n_items, data.name) == (2000, 1000, "synthetic")
     assert data.has_time and data.has_text
     assert 24_000 < data.n_interactions < 32_000  # mean length 14

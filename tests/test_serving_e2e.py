@@ -189,7 +189,10 @@ def test_faults_degrade_within_budget_and_recover(served):
         body = post(url, {"user_id": str(served["view"].dataset.user_ids[3]), "k": 10, "arm": "no-recall"}).json()
         elapsed = time.perf_counter() - t
         assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is True
-        assert len(body["items"]) == 10 and elapsed < 1.2  # the popularity budget is 300 ms; its delay 1.5 s
+        # the popularity budget is 300 ms and its injected delay 1.5 s: an answer in under 1.5 s
+        # proves the request did not wait for it (a logical bound, not a speed target)
+        assert len(body["items"]) == 10 and elapsed < 1.5
+        assert body["timings_ms"]["channel.popularity"] < 1500
         item = str(served["view"].dataset.item_ids[0])  # a history, so the channels are asked (anonymous: popularity only)
         body = post(url, {"history": [item], "k": 5, "arm": "control"}).json()
         assert sorted(body["degraded"]) == ["item2item", "popularity"] and body["fallback"] is False
