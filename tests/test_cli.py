@@ -119,3 +119,16 @@ def test_evaluate_run_applies_eval_overrides(tmp_path, monkeypatch):
     assert code == 0
     assert seen == {"max_users": 7, "ks": [5]}
     assert parse_config(load_config(QUICKSTART).model_dump(mode="json"))  # round trip of a dumped config
+
+
+@pytest.mark.parametrize("name", ["amazon-beauty-cascade.yaml", "synthetic-cascade.yaml"])
+def test_the_configs_lgbm_override_comment_is_true(name):
+    """The override the config's comment shows builds; `ranker.kind=lgbm` alone is refused early."""
+    from pipeline.registry import check_components
+
+    path = REPO / "configs" / name
+    line = next(l for l in path.read_text().splitlines() if "--set 'ranker=" in l)
+    value = line.split("--set 'ranker=", 1)[1].rstrip("'")
+    check_components(load_config(path, {"ranker": yaml.safe_load(value)}))
+    with pytest.raises(ConfigError, match="bad parameters for LightGBMRanker"):
+        check_components(load_config(path, {"ranker.kind": "lgbm"}))
