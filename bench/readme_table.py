@@ -35,19 +35,32 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{float(v):.4f}"
 
 
+def _robust(e: dict | None, metric: str) -> str:
+    """Protocol B cell: mean ± sd over the tie-shuffle seeds."""
+    if not isinstance(e, dict) or metric not in e:
+        return "-"
+    sd = e.get(f"{metric}_std")
+    return _fmt(e[metric]) + (f" ± {float(sd):.4f}" if sd is not None and len(e.get("seeds", [])) > 1 else "")
+
+
 def render(summary: dict) -> str:
-    head = "| dataset | method | " + " | ".join(QUALITY_KEYS) + " | source |"
-    lines = [head, "|---|---|" + "---|" * (len(QUALITY_KEYS) + 1)]
+    """Protocol A (standard) columns beside protocol B (robust: ties shuffled, request time 'last')."""
+    head = "| dataset | method | " + " | ".join(f"A {k}" for k in QUALITY_KEYS) + " | B R@10 | B N@10 | source |"
+    lines = [head, "|---|---|" + "---|" * (len(QUALITY_KEYS) + 3)]
     for ds in DATASETS:
-        entries = summary.get(ds, {})
-        for method in METHODS + tuple(sorted(set(entries) - set(METHODS))):
-            e = entries.get(method)
-            if not isinstance(e, dict) or "R@10" not in e:  # e.g. cobra_coldstart: not a quality row
+        entries, robust = summary.get(ds, {}), summary.get(f"{ds}-robust", {})
+        known = set(entries) | set(robust)
+        for method in METHODS + tuple(sorted(known - set(METHODS))):
+            e, b = entries.get(method), robust.get(method)
+            quality = [x for x in (e, b) if isinstance(x, dict) and "R@10" in x]
+            if not quality:  # e.g. cobra_coldstart: not a quality row
                 continue
-            lines.append(f"| {ds} | {method} | " + " | ".join(_fmt(e.get(k)) for k in QUALITY_KEYS) + " | this project |")
+            a_cells = [_fmt(e.get(k)) if isinstance(e, dict) and "R@10" in e else "-" for k in QUALITY_KEYS]
+            lines.append(f"| {ds} | {method} | " + " | ".join(a_cells) +
+                         f" | {_robust(b, 'R@10')} | {_robust(b, 'N@10')} | this project |")
         if entries:
             for name, vals in PUBLISHED.get(ds, []):
-                lines.append(f"| {ds} | {name} | " + " | ".join(vals) + " | published |")
+                lines.append(f"| {ds} | {name} | " + " | ".join(vals) + " | - | - | published |")
     return "\n".join(lines)
 
 
