@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         reports.append(report)
         result.setdefault("runs", []).append({"seed": seed, "seconds": round(seconds, 1), "protocol": report["protocol"],
                                               "arms": report["arms"], "arms_vs_channels": report["arms_vs_channels"]})
-    notes = {"protocol": "B", "tie_order": reports[0]["protocol"]["tie_order"],
+    notes = {"protocol": "B", "tie_order": ", ".join(r["protocol"]["tie_order"] for r in reports),
              "request_time": "last (evaluation and ranker folds)"}
     if not load_run(ROOT / "runs" / f"protocol-b-{key}-seed{args.seeds[0]}").dataset.has_time:
         notes["note"] = "no timestamps in this dataset: request time n/a and no ties to shuffle"
