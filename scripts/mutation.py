@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         total = data["all core modules"]
         record("speed", "mutation_score_core", {"value": round(total["score"], 3), "unit": "killed / (killed + survived)",
                                                 "killed": total.get("killed", 0), "survived": total.get("survived", 0),
-                                                "no_tests": total.get("no tests", 0), "command": COMMAND})
+                                                "no_tests": total.get("no tests", 0),
+                                                "not_checked": total.get("not checked", 0), "note": args.label,
+                                                "command": COMMAND})
     return 0
 
 

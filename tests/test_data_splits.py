@@ -95,3 +95,25 @@ def test_leave_one_out_is_fast_and_partitions_rows() -> None:
     assert len(total) == len(frame)
     assert len(split.valid) == len(split.test) == frame["user_id"].nunique()
     assert split.train.groupby("user_id").size().min() >= 3
+
+
+def test_temporal_split_cuts_are_observed_times_and_targets_are_first_rows() -> None:
+    # 8 timestamps: a linear quantile would fall between two of them; 'higher' takes the later one
+    rows = [(0, 1, 10), (0, 2, 20), (0, 3, 30), (0, 4, 41), (0, 5, 52), (0, 6, 63), (1, 7, 5), (1, 8, 74)]
+    split = temporal_split(_frame(rows), valid_quantile=0.5, test_quantile=0.8)
+    assert split.cutoffs == (41, 63)  # observed timestamps (sorted ranks 4 and 6), not 35.5 / 58.6
+    assert _triples(split.valid) == [(0, 4, 41)]  # user 0 has 41 and 52 in the window: only the first
+    assert _triples(split.test) == [(0, 6, 63), (1, 8, 74)]
+    for part in (split.train, split.valid, split.test, split.history("test")):
+        assert list(part.columns) == ["user_id", "item_id", "timestamp", "seq"]
+        assert part.index.tolist() == list(range(len(part)))
+
+
+def test_temporal_split_argument_errors() -> None:
+    with pytest.raises(ValueError, match="at least one interaction"):
+        temporal_split(_frame([]))
+    for bad in ((0.0, 0.5), (0.5, 1.0), (0.6, 0.6)):
+        with pytest.raises(ValueError, match="need 0 < valid_quantile < test_quantile < 1"):
+            temporal_split(_frame([(0, 1, 1), (0, 2, 2), (0, 3, 3)]), *bad)
+    three = temporal_split(_frame([(0, 1, 1), (0, 2, 2), (0, 3, 3)]), 0.3, 0.6)
+    assert three.cutoffs == (2, 3) and _triples(three.valid) == [(0, 2, 2)] and _triples(three.test) == [(0, 3, 3)]

@@ -51,3 +51,15 @@ def test_missing_channel_keeps_its_column_and_empty_pool():
 def test_retrieved_shape_check():
     with pytest.raises(ValueError, match="one 2-D shape"):
         Retrieved(np.zeros((2, 3), np.int64), np.zeros((2, 2), np.float32))
+
+
+def test_an_empty_pool_has_the_columns_and_types_of_a_full_one():
+    (empty,) = merge_pool(batch_of([[1]]), {}, PoolSpec(quotas={}), channel_order=("a", "b"))
+    (full,) = merge_pool(batch_of([[1]]), {"a": _ret([[3, 4]])}, PoolSpec(quotas={"a": 2}), channel_order=("a", "b"))
+    assert empty.channels == full.channels == ("a", "b")
+    for field in ("items", "scores", "found", "channel_rank", "channel_score"):
+        got, want = getattr(empty, field), getattr(full, field)
+        assert got.dtype == want.dtype, field
+        assert got.shape == (0,) + want.shape[1:], field
+    assert empty.items.dtype == np.int64 and empty.scores.dtype == np.float32
+    assert empty.found.dtype == bool and empty.channel_rank.dtype == np.int32 and empty.channel_score.dtype == np.float32

@@ -147,7 +147,11 @@ def test_ranking_data_round_trip_holdout_and_subsample(tmp_path):
     data.save(tmp_path / "d.npz")
     back = type(data).load(tmp_path / "d.npz")
     np.testing.assert_array_equal(back.features, data.features)
-    assert back.names == data.names and back.stats == data.stats
+    assert back.names == data.names and back.stats == data.stats and back.channels == data.channels
+    bad = {a: getattr(data, a) for a in type(data)._ARRAYS} | {"features": np.array([{"x": 1}], dtype=object)}
+    np.savez(tmp_path / "pickled.npz", meta=np.array(json.dumps({"channels": [], "names": [], "stats": []})), **bad)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        type(data).load(tmp_path / "pickled.npz")  # object arrays (pickle) are refused
     train_part, hold = data.split_holdout(0.25, seed=0)
     assert (hold.fold == 0).all() and len(hold) == int(round(0.25 * (data.fold == 0).sum()))
     assert not set(hold.users.tolist()) & set(train_part.users.tolist())  # no fold of a held user is trained on
