@@ -60,6 +60,10 @@ STEPS: dict[str, tuple] = {
     "rerank_speed": (f"{PY} bench.rerank_speed", 1),
     "serve_load": (f"{PY} bench.serve_load", 6),
     "ab_beauty": (f"{PY} bench.ab_beauty --record", 35),
+    "protocol_b": (f"{PY} bench.protocol_b --dataset amazon-beauty-2014-5core --seeds 1 2 3 --record", 36),
+    "protocol_sports": (f"{PY} bench.protocol_b --dataset amazon-sports-2014-5core --seeds 1 --no-tune --protocol-a --record", 40),
+    "protocol_toys": (f"{PY} bench.protocol_b --dataset amazon-toys-2014-5core --seeds 1 --no-tune --protocol-a --record", 25),
+    "install_timing": (f"{PY} bench.install_timing --record", 10),
     "readme_table": (f"{PY} bench.readme_table", 0),
 }
 
