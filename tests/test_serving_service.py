@@ -298,3 +298,26 @@ def test_the_runs_trained_ranker_serves_and_matches_the_in_process_cascade(tmp_p
     assert [i["item_id"] for i in trained["items"]] != [i["item_id"] for i in plain["items"]]
     with pytest.raises(ConfigError, match="must be trained"):
         view.build_ranker(parse_config(dict(TINY, ranker={"kind": "lgbm"})).ranker.model_copy(update={"params": {"n_estimators": 5}}))
+
+
+def test_an_online_arm_serves_a_ranker_trained_for_an_offline_arm(tmp_path):
+    from pipeline.config import parse_config
+    from pipeline.serving.app import check
+    from pipeline.workflow import train
+    from tests.test_serving_support import TINY
+
+    lgbm = {"kind": "lgbm", "params": {"n_estimators": 10, "num_leaves": 7, "min_child_samples": 5, "holdout": 0.2}}
+    run = train(parse_config(TINY | {"arms": [{"name": "base"}, {"name": "gbdt", "ranker": lgbm}]}), run_dir=tmp_path / "run")
+    arms = {"name": "e", "salt": "s", "arms": [{"name": "control", "weight": 1}, {"name": "t", "weight": 1, "ranker": lgbm}]}
+    cfg = parse_serve_config({"logging": {"dir": str(tmp_path / "logs")}, "experiment": arms})
+    check(run, cfg)  # the arm's ranker is in the run: accepted before any Ray work
+    service, backends, client, view = _service(run, tmp_path, experiment=arms)
+    assert type(backends.ranker.by_arm["t"]).__name__ == "LightGBMRanker"
+    assert type(backends.ranker.by_arm["control"]).__name__ == "PassThroughRanker"
+    body = client.post("/recommend", json={"history": ["i1", "i2"], "k": 5, "arm": "t"}).json()
+    assert body["arm"] == "t" and body["degraded"] == [] and len(body["items"]) == 5
+    service.state.served_log.close()
+    untrained = {"name": "e", "salt": "s", "arms": [{"name": "control", "weight": 1},
+                                                    {"name": "m", "weight": 1, "ranker": {"kind": "mtgr"}}]}
+    with pytest.raises(ConfigError, match="experiment arm 'm': ranker 'mtgr' .* must be trained"):
+        check(run, parse_serve_config({"experiment": untrained}))

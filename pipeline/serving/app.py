@@ -56,7 +56,12 @@ def check(run_path: str | Path, cfg: ServeConfig) -> RunView:
     unknown = sorted(set(cfg.channels) - set(served))
     if unknown:
         raise ConfigError(f"serving config: channels {unknown} are not in the run {run_path}; served: {sorted(served)}")
-    ArmTable(cfg.experiment, view.config, served)
+    table = ArmTable(cfg.experiment, view.config, served)
+    for arm, ranker in table.stage_configs("ranker").items():  # a ranker no replica could load fails here
+        try:
+            view.build_ranker(ranker)
+        except ConfigError as err:
+            raise ConfigError(f"serving config: experiment arm '{arm}': {err}") from None
     return view
 
 

@@ -73,11 +73,23 @@ class RunView:
         entry = self.manifest.get("ranker")
         if entry and cfg == self.config.ranker:
             return ranker_class(self.config).load(self.path / entry["path"])
+        trained = self.trained_arm_ranker(cfg)
+        if trained is not None:  # an offline arm of the run trained this very ranker
+            return ranker_class(self.config.model_copy(update={"ranker": cfg})).load(self.path / trained)
         ranker = build_stage(cfg, RANKER_KINDS, "ranker")
         if is_trainable(ranker):
-            raise ConfigError(f"ranker '{cfg.kind}' must be trained: the run {self.path} did not train it "
-                              f"(train a run with ranker.kind={cfg.kind} and serve that run)")
+            raise ConfigError(f"ranker '{cfg.kind}' {cfg.params} must be trained: the run {self.path} trained no "
+                              "ranker with these settings (neither its own nor an offline arm's); add an arm with "
+                              "this ranker to the training config's `arms:` and train again, or serve a run that has it")
         return ranker
+
+    def trained_arm_ranker(self, cfg: StageConfig) -> str | None:
+        """The folder (relative to the run) of an offline arm ranker trained with exactly `cfg`."""
+        saved = self.manifest.get("arm_rankers") or {}
+        for arm in self.config.arms:
+            if arm.ranker == cfg and arm.name in saved:
+                return saved[arm.name]["path"]
+        return None
 
     def build_reranker(self, cfg: StageConfig | None = None) -> Any:
         from pipeline.workflow import bind_reranker, load_rerank_vectors
