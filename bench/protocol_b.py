@@ -103,8 +103,8 @@ def summarize(reports: list[dict], seeds: list, command: str, seconds: float, no
         if not rows:
             continue
         entry = {m: round(float(np.mean([row[m] for row in rows])), 4) for m in METRICS}
-        entry |= {f"{m}_std": round(float(np.std([row[m] for row in rows], ddof=1)) if len(rows) > 1 else 0.0, 4)
-                  for m in ("R@10", "N@10")}
+        entry |= {f"{m}_std": round(float(np.std([row[m] for row in rows], ddof=1)), 4) if len(rows) > 1 else None
+                  for m in ("R@10", "N@10")}  # None: one seed, no spread to report
         entry |= {"seeds": seeds, "per_seed": [{m: round(row[m], 4) for m in ("R@10", "N@10")} for row in rows],
                   "command": command, "seconds": round(seconds, 1), "users": reports[0]["users"], **notes}
         if name.startswith("cascade"):
