@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -86,8 +87,6 @@ def run_once(cfg, out: Path, reuse: bool = False) -> tuple[dict, float]:
         path = out  # trained by an earlier call with the same settings (--reuse)
     else:
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         path = train(cfg, "test", run_dir=out)
     report = evaluate_run(load_run(path), latency_requests=0)

@@ -149,11 +149,24 @@ class RequestBatch:
         sizes = np.diff(self.seen_offsets)
         return np.repeat(np.arange(len(self), dtype=np.int64), sizes), self.seen_items
 
+    def is_seen(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """bool, shaped like `items`: whether each (row, item) pair is a seen item of that row
+        (`rows` broadcasts against `items`)."""
+        return seen_mask(self.seen_pairs(), rows, items)
+
     def max_seen(self) -> int:
         """The largest number of seen items in one row."""
         if self.seen_offsets is None:
             return int(self.lengths.max()) if len(self) else 0
         return int(np.diff(self.seen_offsets).max()) if len(self) else 0
+
+
+def seen_mask(seen: tuple[np.ndarray, np.ndarray], rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """bool, shaped like `items`: whether (rows, items) is among the `seen` (rows, items) pairs."""
+    rows, items = np.broadcast_arrays(np.asarray(rows, np.int64), np.asarray(items, np.int64))
+    seen_rows, seen_items = (np.asarray(a, np.int64) for a in seen)
+    n = max(int(items.max(initial=0)), int(seen_items.max(initial=0))) + 1  # one key per (row, item)
+    return np.isin(rows * n + items, seen_rows * n + seen_items)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def test_leaf_candidates_and_drop_seen():
     beams = beam_search(_model((2, 2)), torch.randn(1, 16), trie, beam_size=3)
     cands = leaf_candidates(beams, trie)
     assert sorted(cands.items.tolist()) == [0, 1, 2]
-    kept = drop_seen(cands, np.array([[PAD, 1]]), n_items=3)
+    kept = drop_seen(cands, np.array([[PAD, 1]]))
     assert sorted(kept.items.tolist()) == [0, 2]
 
 

@@ -31,7 +31,7 @@ import torch
 
 from channels.cobra.model import CobraModel
 from channels.cobra.trie import CodeTrie
-from pipeline.types import PAD, Retrieved
+from pipeline.types import PAD, Retrieved, seen_mask
 
 NEG_INF = float("-inf")
 NEIGHBOR_ID_SCORES = ("search", "own")
@@ -170,15 +170,13 @@ def with_similarity(cands: Candidates, v_hat: np.ndarray, item_vecs: np.ndarray)
     return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, (vh * iv).sum(-1).numpy(), cands.own_beams)
 
 
-def drop_seen(cands: Candidates, history: np.ndarray, n_items: int,
-              seen: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+def drop_seen(cands: Candidates, history: np.ndarray, seen: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
     """Remove candidates their request has seen: (rows, items) pairs in `seen`, else the items
     of the history matrix."""
     if seen is None:
         rows_h, cols_h = np.nonzero(history != PAD)
-        seen = (rows_h.astype(np.int64), history[rows_h, cols_h])
-    keys = seen[0].astype(np.int64) * n_items + seen[1]
-    return cands.subset(~np.isin(cands.rows * n_items + cands.items, keys))
+        seen = (rows_h, history[rows_h, cols_h])
+    return cands.subset(~seen_mask(seen, cands.rows, cands.items))
 
 
 def _segment_log_softmax(x: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:

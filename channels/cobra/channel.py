@@ -261,7 +261,7 @@ class CobraChannel:
                 cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups)
                 cands = with_own_beams(cands, beams.leaf.numpy(), self.trie_.item_leaf)
             cands = with_similarity(cands, v_hat, self.item_vecs_)
-        return drop_seen(cands, history, len(self.active_), seen)
+        return drop_seen(cands, history, seen)
 
     def score(self, cands: Candidates, k: int) -> Retrieved:
         """The top k of the candidates: BeamFusion (COBRA) or log P(ID) + log P(item | ID)."""

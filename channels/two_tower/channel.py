@@ -167,9 +167,7 @@ class TwoTowerChannel:
         if len(batch) == 0 or k <= 0:
             return Retrieved.empty(len(batch), max(k, 0))
         scores, items = self.index_.search(self.user_vectors(batch), k + batch.max_seen())
-        rows, seen_items = batch.seen_pairs()
-        n = np.int64(max(int(items.max(initial=0)), int(seen_items.max(initial=0))) + 1)
-        seen = np.isin(np.arange(len(batch))[:, None] * n + items, rows * n + seen_items) | (items == PAD)  # (B, K)
+        seen = batch.is_seen(np.arange(len(batch))[:, None], items) | (items == PAD)  # (B, K)
         order = np.argsort(seen, axis=1, kind="stable")[:, :k]  # unseen first, best first
         items = np.take_along_axis(items, order, 1)
         scores = np.take_along_axis(scores, order, 1).astype(np.float32)

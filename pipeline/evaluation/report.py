@@ -42,14 +42,15 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
         for arm in build_arms(run, arms):
             results[arm.name], lists[arm.name] = ctx.arm(arm)
             arm_names.append(arm.name)
+    pu = {name: per_user(topk, evalset, BOOT_METRICS) for name, topk in lists.items()}  # for both comparisons
     report = {
         "dataset": run.dataset.name, "stage": run.stage, "users": len(evalset), "ks": list(ks),
         "protocol": run_protocol(run),
         "arms": results, "pipeline_arms": arm_names,
         "channels": _channel_section(budget_lists, evalset, channel_extra),
         "overlap": _overlap(budget_lists, evalset),
-        "bootstrap": _intervals(lists, evalset, results, arm_names, cfg, ev.n_boot),
-        "arms_vs_channels": _arms_vs_channels(lists, evalset, arm_names, cfg, ev.n_boot),
+        "bootstrap": _intervals(pu, results, arm_names, cfg, ev.n_boot),
+        "arms_vs_channels": _arms_vs_channels(pu, arm_names, cfg, ev.n_boot),
         "latency_samples_ms": ctx.latency_samples,
     }
     if out_dir is not None:
@@ -143,21 +144,20 @@ def _control(results: dict, arm_names: list[str], cfg) -> str:
     return max(channels, key=lambda a: (results[a].get("R@10", 0.0), results[a].get("N@10", 0.0)))
 
 
-def _intervals(lists: dict, evalset: EvalSet, results: dict, arm_names: list[str], cfg, n_boot: int) -> dict:
-    if len(lists) < 2:
+def _intervals(pu: dict, results: dict, arm_names: list[str], cfg, n_boot: int) -> dict:
+    """Every arm and channel against the control; `pu`: per-user metrics by name."""
+    if len(pu) < 2:
         return {}
     control = _control(results, arm_names, cfg)
-    pu = {arm: per_user(topk, evalset, BOOT_METRICS) for arm, topk in lists.items()}
     return {"control": control, "arms": compare_arms(pu, control, BOOT_METRICS, n_boot=n_boot, seed=cfg.run.seed)}
 
 
-def _arms_vs_channels(lists: dict, evalset: EvalSet, arm_names: list[str], cfg, n_boot: int) -> dict:
+def _arms_vs_channels(pu: dict, arm_names: list[str], cfg, n_boot: int) -> dict:
     """Each pipeline arm against every single channel it could be replaced by: {arm: {channel:
     {metric: bootstrap}}}, the arm as the treatment (diff > 0: the arm is ahead)."""
-    channels = [name for name in lists if name not in arm_names]
+    channels = [name for name in pu if name not in arm_names]
     if not channels or not arm_names:
         return {}
-    pu = {name: per_user(topk, evalset, BOOT_METRICS) for name, topk in lists.items()}
     return {arm: {ch: compare_arms({ch: pu[ch], arm: pu[arm]}, ch, BOOT_METRICS, n_boot=n_boot,
                                    seed=cfg.run.seed)[arm] for ch in channels}
             for arm in arm_names}
