@@ -28,7 +28,7 @@ import yaml
 
 from bench.summary import RESULTS, quality_entry, record
 from channels.cobra.channel import CobraChannel
-from pipeline.data import leave_one_out, load_dataset
+from pipeline.data import leave_one_out, load_dataset, shuffle_ties
 from pipeline.evaluation import metrics as M
 from pipeline.evaluation.harness import build_eval_set, channel_topk_fn, run_topk
 from pipeline.workflow import fit_data
@@ -106,10 +106,17 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="write the result into bench/results/summary.json")
     ap.add_argument("--tag", default="", help="suffix of the result files (experiments)")
     ap.add_argument("--dataset", default="amazon-beauty", choices=sorted(DATASETS))
+    ap.add_argument("--shuffle-ties", type=int, default=None, metavar="SEED",
+                    help="protocol B: same-timestamp rows of a user in a seeded random order (default: file order, protocol A)")
+    ap.add_argument("--no-test", action="store_true", help="validation only (ablations): the test split is not scored")
     args = ap.parse_args(argv)
+    if args.record and args.no_test:
+        ap.error("--record needs the test split (drop --no-test)")
     command = "nice -n 5 python -m bench.cobra_beauty " + " ".join(argv if argv is not None else sys.argv[1:])
     params = channel_params(args.mode, args.set)
     ds = load_dataset("amazon", DATA / DATASETS[args.dataset])
+    if args.shuffle_ties is not None:
+        ds = shuffle_ties(ds, args.shuffle_ties)
     short = args.dataset.removeprefix("amazon-")
     split = leave_one_out(ds.interactions)
     t0 = time.perf_counter()
@@ -120,7 +127,7 @@ def main(argv=None) -> int:
     grid_name = args.mode + ("_cosine" if args.mode == "cobra" and channel.similarity == "cosine" else "")
     grid = {} if args.no_tune else INFERENCE_GRID[grid_name]
     tuned = tune(channel, grid or {"beam_size": [channel.beam_size]}, valid_set, log)
-    test = evaluate(channel, test_set)
+    test = {k: float("nan") for k in ("R@5", "N@5", "R@10", "N@10", "R@20", "R@50")} if args.no_test else evaluate(channel, test_set)
     seconds = time.perf_counter() - t0
     name = f"cobra_{args.mode}{args.tag}"
     print(f"{name} test: " + " ".join(f"{k} {test[k]:.4f}" for k in ("R@5", "N@5", "R@10", "N@10", "R@50"))
@@ -129,14 +136,15 @@ def main(argv=None) -> int:
     result = {"mode": args.mode, "command": command, "params": channel._params(), "fit_seconds": round(fit_seconds, 1),
               "fit_report": channel.fit_report_, "tuning": log, "chosen": tuned["params"],
               "valid": {k: round(v, 4) for k, v in tuned["metrics"].items()},
-              "test": {k: round(v, 4) for k, v in test.items()}, "users": len(test_set)}
+              "test": None if args.no_test else {k: round(v, 4) for k, v in test.items()}, "users": len(test_set),
+              "protocol": "A" if args.shuffle_ties is None else f"B (ties shuffled, seed {args.shuffle_ties})"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     ids_file = f"{name}_semantic_ids.json" if short == "beauty" else f"{name}_{short}_semantic_ids.json"
     (RESULTS / f"{name}_{short}.json").write_text(json.dumps(result, indent=1, default=float))
     (RESULTS / ids_file).write_text(json.dumps(report, indent=1))
     channel.save(ROOT / "runs" / f"{name}-{short}")
     if args.record:
-        record(args.dataset, args.mode, quality_entry(
+        record(args.dataset + ("" if args.shuffle_ties is None else "-robust"), args.mode + args.tag, quality_entry(
             test, command, seconds, valid={"R@10": round(tuned["metrics"]["R@10"], 4), "N@10": round(tuned["metrics"]["N@10"], 4)},
             users=len(test_set), params=tuned["params"], fit_seconds=round(fit_seconds, 1)))
     return 0

@@ -1,11 +1,12 @@
 """Beam-search latency of the COBRA channel per request, in process (SPEC section 9).
 
     nice -n 5 python -m bench.cobra_latency [--run runs/cobra_cobra-beauty] [--requests 300]
+    python -m bench.cobra_latency --run runs/cobra_cobra_b_sampled-beauty --shuffle-ties 1 --quality
 
 Loads a channel saved by bench/cobra_beauty.py and answers single requests (batch size 1, k=10)
 of a seeded sample of Amazon Beauty test users, at beam sizes 10, 20 and 50, after a warm-up;
 reports p50 / p90 / p99 / mean milliseconds, plus the per-request cost when the same requests are
-answered in one batch. Writes bench/results/cobra_latency.{json,md} and records the p50 / p99 in
+answered in one batch; with --quality, validation R@10 / N@10 at each beam size. Writes bench/results/cobra_latency.{json,md} and records the p50 / p99 in
 bench/results/summary.json under "speed".
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 
 from bench.summary import RESULTS, record
 from channels.cobra.channel import CobraChannel
-from pipeline.data import leave_one_out, load_dataset
+from pipeline.data import leave_one_out, load_dataset, shuffle_ties
+from pipeline.evaluation import metrics as M
 from pipeline.evaluation.harness import build_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,28 +55,44 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default=str(ROOT / "runs" / "cobra_cobra-beauty"))
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shuffle-ties", type=int, default=None, metavar="SEED",
+                    help="the tie order the channel was trained under (protocol B); requests come from that split")
+    ap.add_argument("--quality", action="store_true",
+                    help="also validation R@10 / N@10 (all validation users) at every beam size")
     args = ap.parse_args(argv)
     command = "nice -n 5 python -m bench.cobra_latency " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     channel = CobraChannel.load(Path(args.run))
     ds = load_dataset("amazon", DATA / "amazon-beauty-2014-5core")
-    evalset = build_eval_set(leave_one_out(ds.interactions), "test", 50, max_users=args.requests, seed=0)
+    if args.shuffle_ties is not None:
+        ds = shuffle_ties(ds, args.shuffle_ties)
+    split = leave_one_out(ds.interactions)
+    evalset = build_eval_set(split, "test", 50, max_users=args.requests, seed=0)
+    valid = build_eval_set(split, "valid", 50) if args.quality else None
     rows = []
     for beam in BEAMS:
         res = measure(channel, evalset.batch, beam)
+        if valid is not None:
+            topk = np.concatenate([channel.retrieve(valid.batch.take(slice(lo, lo + 1024)), 10, beam_size=beam).items
+                                   for lo in range(0, len(valid), 1024)])
+            q = M.summarize(M.target_ranks(topk, valid.targets), (10,))
+            res |= {"valid_R@10": q["R@10"], "valid_N@10": q["N@10"]}
         rows.append(res)
         print(f"beam {beam}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
               f"batched {res['batched_ms_per_request']:.2f} ms/request", flush=True)
     meta = {"command": command, "run": args.run, "mode": channel.mode, "catalog_neighbors": channel.catalog_neighbors,
+            "dense_levels": channel.dense_levels, "dense_condition": channel.dense_condition,
             "torch_threads": args.threads, "k": 10, "machine": "2-core CPU shared with other jobs (see load)",
             "load_average": os.getloadavg(), "results": rows}
     (RESULTS / "cobra_latency.json").write_text(json.dumps(meta, indent=1))
     lines = [f"COBRA ({channel.mode}) beam-search latency per request, in process, k=10, "
              f"catalog_neighbors={channel.catalog_neighbors}, {args.threads} torch thread(s); load average "
              f"{meta['load_average'][0]:.1f} on 2 cores.", "",
-             "| beam | p50 ms | p90 ms | p99 ms | mean ms | batched ms/request |", "|---|---|---|---|---|---|"]
+             "| beam | p50 ms | p90 ms | p99 ms | mean ms | batched ms/request | valid R@10 | valid N@10 |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['beam_size']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
-              f"{r['batched_ms_per_request']:.2f} |" for r in rows]
+              f"{r['batched_ms_per_request']:.2f} | {r.get('valid_R@10', float('nan')):.4f} | "
+              f"{r.get('valid_N@10', float('nan')):.4f} |" for r in rows]
     lines += ["", f"`{command}`"]
     (RESULTS / "cobra_latency.md").write_text("\n".join(lines) + "\n")
     for r in rows:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from bench.summary import RESULTS, quality_entry, record
 from pipeline.artifacts import atomic_write_json, atomic_write_text
@@ -63,10 +66,21 @@ def main() -> None:
     p.add_argument("--machine", default="2-core CPU, shared (contended)")
     p.add_argument("--dataset", default="amazon-beauty", choices=sorted(DATASETS),
                    help="the generalisation check: the Beauty config, untouched, on another dataset")
+    p.add_argument("--shuffle-ties", type=int, default=None, metavar="SEED",
+                   help="protocol B: same-timestamp rows in a seeded random order (results keyed <dataset>-robust)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. channels.two_tower.params.refit=true (YAML value)")
+    p.add_argument("--tag", default="", help="suffix of the result files and the summary key (experiments)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # per-epoch validation
     overrides = {} if args.dataset == "amazon-beauty" else {"data.path": DATASETS[args.dataset],
                                                             "run.name": f"{args.dataset}-two-tower"}
+    if args.shuffle_ties is not None:
+        overrides |= {"data.shuffle_ties": args.shuffle_ties, "eval.request_time": "last"}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    robust = "" if args.shuffle_ties is None else "-robust"
     cfg = load_config(args.config, overrides)
     t = time.perf_counter()
     run_dir = Path(args.run) if args.run else train(cfg, stage="test")
@@ -80,7 +94,7 @@ def main() -> None:
     valid = valid_metrics(run, args.channel)
     fit = channel.fit_report_
     n_epochs = len(fit["epochs"])
-    command = f"python -m bench.two_tower_beauty --config {args.config} --dataset {args.dataset}"
+    command = "python -m bench.two_tower_beauty " + " ".join(sys.argv[1:])
     res = {
         "dataset": run.dataset.name, "users": report["users"], "command": command, "run": str(run_dir),
         "params": next(c.params for c in cfg.channels if c.name == args.channel),
@@ -92,10 +106,10 @@ def main() -> None:
         "threads": channel.num_threads, "machine": args.machine,
         "eval_ms_per_user": test.get("ms_per_user"),
     }
-    stem = "two_tower_beauty" if args.dataset == "amazon-beauty" else f"two_tower_{args.dataset}"
+    stem = ("two_tower_beauty" if args.dataset == "amazon-beauty" else f"two_tower_{args.dataset}") + robust.replace("-", "_") + args.tag
     atomic_write_json(RESULTS / f"{stem}.json", res)
     atomic_write_text(RESULTS / f"{stem}.md", markdown(res))
-    record(args.dataset, "two_tower", quality_entry(
+    record(args.dataset + robust, "two_tower" + args.tag, quality_entry(
         test, command, fit["seconds"], valid={k: round(valid[k], 4) for k in ("R@10", "N@10")},
         params=res["params"], best_epoch=fit["best_epoch"], users=report["users"]))
     print(markdown(res))

@@ -144,3 +144,13 @@ def test_assignment_is_pinned_across_processes():
     assert _table(*arms, salt="exp-2026").bucket("alice") == pytest.approx(0.02583095314728817, abs=1e-15)
     assert _table(*arms, salt="s1").assign("u42").name == "t"
     assert _table(*arms, salt="exp-2026").assign("alice").name == "control"
+
+
+def test_experiment_name_anonymous_users_and_the_run_pool_rule():
+    table = _table({"name": "control", "weight": 1}, {"name": "t", "weight": 1})
+    assert table.experiment == "e"
+    assert table.assign(None).name == "control"  # no user id: the control arm, never a hash of None
+    run = parse_config({"channels": [{"name": "popularity", "kind": "popularity", "quota": 10}],
+                        "pool": {"budget": 10, "exclude_seen": False}})
+    plan = ArmTable(None, run, {c.name: c for c in run.channels}).assign("u")
+    assert plan.exclude_seen is False  # the run's pool rule reaches every arm

@@ -139,6 +139,24 @@ def test_neighbour_search_once_per_shared_dense_vector_gives_the_same_lists():
     np.testing.assert_array_equal(lists[0].items, lists[1].items)
 
 
+def test_the_best_beam_searches_deep_enough_to_fill_k():
+    from channels.cobra.catalog import IndexConfig, build_index, normalize
+    from channels.cobra.beam import neighbor_candidates
+
+    rng = np.random.default_rng(1)
+    item_vecs = normalize(rng.normal(size=(40, 8)).astype(np.float32))
+    index = build_index(item_vecs, np.arange(40), IndexConfig())
+    v_hat = normalize(rng.normal(size=(2, 3, 8)).astype(np.float32))
+    base = _cands([], [], [], [[-0.1, -0.5, -np.inf], [-0.2, -0.3, -2.0]])  # row 0 has two live beams
+    base = Candidates(base.beam_logp, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    c = neighbor_candidates(base, v_hat, index, 3, fill=12)
+    per_beam = {(r, b): int(((c.rows == r) & (c.beams == b)).sum()) for r in range(2) for b in range(3)}
+    assert per_beam == {(0, 0): 12, (0, 1): 3, (0, 2): 0, (1, 0): 12, (1, 1): 3, (1, 2): 3}
+    exact = np.argsort(-(item_vecs @ v_hat[1, 0]))[:12]
+    np.testing.assert_array_equal(c.items[(c.rows == 1) & (c.beams == 0)], exact)
+    assert neighbor_candidates(base, v_hat, index, 3).items.size == 15  # no fill: n per live beam
+
+
 def test_own_id_score_lets_the_sparse_side_reorder_catalog_neighbours():
     from channels.cobra.beam import with_own_beams
 

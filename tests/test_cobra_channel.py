@@ -36,8 +36,7 @@ def fitted(world):
 
 
 def _params(mode: str) -> dict:
-    """The sparse modes keep the first design's 0.02 embeddings, as in configs/amazon-beauty-cobra.yaml."""
-    return SMALL | ({"embed_std": 0.02} if mode != "cobra" else {})
+    return SMALL
 
 
 def _recall(channel, evalset, k=10):
@@ -64,6 +63,19 @@ def test_retrieve_excludes_seen_items_and_returns_k(world, fitted):
         assert not set(got.tolist()) & set(batch.history_of(row).tolist())
         assert len(set(got.tolist())) == len(got)
         assert np.all(np.diff(out.scores[row][np.isfinite(out.scores[row])]) <= 0)
+
+
+def test_a_request_is_answered_with_k_items_when_the_beams_hold_few(world, fitted):
+    _, _, _, evalset = world
+    ch = fitted["cobra"]
+    batch = evalset.batch.take(slice(0, 30))
+    before = ch.catalog_neighbors
+    try:
+        ch.catalog_neighbors = 2
+        out = ch.retrieve(batch, 40, beam_size=2)
+    finally:
+        ch.catalog_neighbors = before
+    assert (out.items != PAD).all()  # 2 beams x 2 neighbours + their IDs' items alone hold far fewer than 40
 
 
 def test_catalog_neighbours_are_scored_by_their_own_id(world, fitted):
@@ -117,18 +129,13 @@ def test_save_load_round_trip_without_pickle(world, fitted, tmp_path):
     json.loads((tmp_path / "cobra" / "semantic_ids_report.json").read_text())
 
 
-def test_run_folders_saved_before_the_head_options_load_with_their_design(world, tmp_path):
-    ds, split, _, evalset = world
-    old = CobraChannel(**(SMALL | {"dense_head": "mlp", "item_head": "mlp", "embed_std": 0.02, "epochs": 1}))
-    old.fit(fit_data(ds, split, "valid", 0)).save(tmp_path / "old")
+def test_run_folders_of_the_first_format_are_refused_with_a_clear_error(world, fitted, tmp_path):
+    fitted["cobra"].save(tmp_path / "old")
     meta = json.loads((tmp_path / "old" / "params.json").read_text())
-    for key in ("dense_head", "item_head", "embed_std"):  # what an earlier version wrote
-        del meta["model"][key]
+    del meta["format"]  # what a version before the shared sequence encoder wrote
     (tmp_path / "old" / "params.json").write_text(json.dumps(meta))
-    loaded = CobraChannel.load(tmp_path / "old")
-    assert (loaded.model_cfg_.dense_head, loaded.model_cfg_.item_head) == ("mlp", "mlp")
-    batch = evalset.batch.take(slice(0, 20))
-    np.testing.assert_array_equal(old.retrieve(batch, 10).items, loaded.retrieve(batch, 10).items)
+    with pytest.raises(ValueError, match="saved in format 1 .* retrain it"):
+        CobraChannel.load(tmp_path / "old")
 
 
 @pytest.mark.parametrize("mode", ["cobra", "tiger"])

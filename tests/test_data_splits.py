@@ -117,3 +117,18 @@ def test_temporal_split_argument_errors() -> None:
             temporal_split(_frame([(0, 1, 1), (0, 2, 2), (0, 3, 3)]), *bad)
     three = temporal_split(_frame([(0, 1, 1), (0, 2, 2), (0, 3, 3)]), 0.3, 0.6)
     assert three.cutoffs == (2, 3) and _triples(three.valid) == [(0, 2, 2)] and _triples(three.test) == [(0, 3, 3)]
+
+
+def test_temporal_split_window_ends_before_the_test_cut() -> None:
+    # cuts at 90 and 96; user 2's first row at or after 90 is exactly at the test cut: a test
+    # target, never a validation one
+    rows = [(0, 1, 10), (0, 2, 20), (0, 3, 80), (0, 4, 85), (0, 5, 95), (0, 6, 99),
+            (1, 1, 30), (1, 7, 90), (1, 8, 97), (2, 2, 82), (2, 3, 96), (3, 4, 93), (4, 9, 98)]
+    split = temporal_split(_frame(rows), valid_quantile=0.5, test_quantile=0.75)
+    assert split.cutoffs == (90, 96)
+    assert 2 not in set(split.valid["user_id"]) and _triples(split.test)[-1] == (2, 3, 96)
+
+
+def test_temporal_split_of_nothing_says_so() -> None:
+    with pytest.raises(ValueError, match="^temporal_split needs at least one interaction$"):
+        temporal_split(_frame([]))

@@ -183,3 +183,13 @@ def test_saved_ranker_scores_like_the_trained_one(runs, tmp_path, kind):
     for a, b in zip(trained, again):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert np.std(np.concatenate(trained)) > 1e-4  # the scores depend on the model, not a constant
+
+
+def test_ranking_labels_are_float32_ones_at_the_targets():
+    from rankers.training_data import RankingData
+
+    data = RankingData(("a",), ("x",), np.zeros((5, 1), np.float32), np.arange(5, dtype=np.int64),
+                       np.array([0, 2, 5], np.int64), np.array([1, 0], np.int64), np.zeros(2, np.int64),
+                       np.zeros((2, 1), np.int64), np.zeros((2, 1), np.int64), *(np.zeros(2, np.int64) for _ in range(3)))
+    y = data.labels()
+    assert y.dtype == np.float32 and y.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0]

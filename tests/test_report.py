@@ -46,6 +46,28 @@ def test_arms_report_files_and_intervals(run, tmp_path):
     assert "both vs pop-only R@10" in format_table(report)
 
 
+def test_tail_interval_and_hits_only_one_channel_brought(run):
+    import numpy as np
+
+    from types import SimpleNamespace
+
+    from pipeline.evaluation.harness import build_eval_set
+    from pipeline.evaluation.report import _tail_values, _unique_after_ranking
+
+    hits = np.array([1.0, 0.0, 1.0, 1.0])
+    tail = np.array([True, True, False, False])
+    np.testing.assert_allclose(_tail_values(hits, tail), [2.0, 0.0, 0.0, 0.0])  # mean .5 = tail recall 1 of 2
+    evalset = build_eval_set(run.split, "test", 50)
+    t = evalset.targets[:3]
+    arm = np.array([[t[0], -1], [t[1], -1], [-1, -1]])  # users 0 and 1 are hit in the top 10
+    pools = {"a": np.array([[t[0]], [t[1]], [t[2]]]), "b": np.array([[t[0]], [-1], [-1]])}
+    got = _unique_after_ranking({"arm": arm}, pools, SimpleNamespace(targets=t), {"arm": ["a", "b"]})
+    assert got == {"arm": {"a": 1, "b": 0, "hits@10": 2}}  # user 0's target was in both pools
+    report = evaluate_run(run, latency_requests=0)
+    assert set(report["unique_after_ranking"]) == {"pop-only", "pop-only-again", "both"}
+    assert report["bootstrap"]["arms"]["pop-only-again"]["tail_R@10"]["diff"] == 0
+
+
 def test_arm_config_errors():
     with pytest.raises(ConfigError, match="not enabled: \\['nope'\\]"):
         parse_config(CFG | {"arms": [{"name": "a", "channels": ["nope"]}]})

@@ -43,6 +43,7 @@ class StubRecall:
         self.items, self.delay_s, self.status = items, delay_s, status
         self.per_user = per_user or {}
         self.calls: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # the request headers of every call
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,6 +52,7 @@ class StubRecall:
 
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 stub.calls.append(body)
+                stub.headers.append(dict(self.headers))
                 special = stub.per_user.get(str(body.get("user_id")), {})
                 time.sleep(special.get("delay_s", stub.delay_s))
                 k = int(body.get("k", 10))

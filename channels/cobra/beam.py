@@ -141,23 +141,27 @@ def leaf_candidates(beams: Beams, trie: CodeTrie, max_leaf_items: int | None = N
 
 
 def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index, n: int,
-                        groups: np.ndarray | None = None) -> Candidates:
-    """Add the n nearest catalog items of every live beam's dense vector (faiss search).
-    `groups` (B, W, G) marks beams that share one dense vector (the same ID prefix when the dense
-    head reads only part of the ID): each group is searched once, for its best (first) beam; the
-    other beams of the group would only repeat its neighbours with a lower beam score."""
+                        groups: np.ndarray | None = None, fill: int = 0) -> Candidates:
+    """Add the n nearest catalog items of every live beam's dense vector (one faiss search for
+    all beams of the batch). `groups` (B, W, G) marks beams that share one dense vector (the same
+    ID prefix when the dense head reads only part of the ID): each group is searched once, for its
+    best (first) beam; the other beams of the group would only repeat its neighbours with a lower
+    beam score. `fill`: the best beam of each request keeps max(n, fill) neighbours, so that a
+    request can be answered with `fill` items even when the beams' IDs hold few."""
     b, w, dim = v_hat.shape
     live = np.flatnonzero(np.isfinite(cands.beam_logp.reshape(-1)))
-    n = min(n, index.ntotal)
-    if n <= 0 or live.size == 0:
+    n_search = min(max(n, fill), index.ntotal)
+    if n_search <= 0 or live.size == 0:
         return cands
     if groups is not None:
         key = np.c_[live // w, groups.reshape(b * w, -1)[live]]
         _, first = np.unique(key, axis=0, return_index=True)
         live = live[np.sort(first)]
-    _, nb = index.search(np.ascontiguousarray(v_hat.reshape(-1, dim)[live], np.float32), n)  # (live, n)
-    slot = np.repeat(live, n)
-    items = nb.reshape(-1).astype(np.int64)
+    _, nb = index.search(np.ascontiguousarray(v_hat.reshape(-1, dim)[live], np.float32), n_search)  # (live, n_search)
+    best = np.r_[True, live[1:] // w != live[:-1] // w]  # the first (best) searched beam of each request
+    keep = (np.arange(n_search)[None, :] < n) | best[:, None]  # (live, n_search)
+    slot = np.broadcast_to(live[:, None], nb.shape)[keep]
+    items = nb[keep].astype(np.int64)
     ok = items >= 0
     return Candidates(cands.beam_logp, np.r_[cands.rows, slot[ok] // w], np.r_[cands.beams, slot[ok] % w],
                       np.r_[cands.items, items[ok]], cands.sim)

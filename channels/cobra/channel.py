@@ -8,14 +8,17 @@ Modes (`mode`):
 - 'tiger': sparse only with unique IDs (an extra disambiguation level).
 fit: content vectors (encoder.py) -> semantic IDs (semantic_ids.py / rqvae.py) and their report
 -> model training (train.py; early stopping on FitData.valid while fitting on valid_history when
-given) -> item vectors and the faiss index. `add_items(frame)` gives new items a code and a dense
+given; the dense head conditioned on the generated ID, trained on true and drawn IDs:
+`dense_condition`; `refit` retrains on the full history for the best epoch count) -> item vectors
+and the faiss index. Every beam carries its own dense vector: one faiss search for all beams of a
+batch. `add_items(frame)` gives new items a code and a dense
 vector from content and makes them retrievable at once. Artifacts: params.json, model.pt
 (state_dict, loaded weights_only), codes/active/popularity .npy, features_*.npy, encoder/ and
 quantizer/ folders (JSON + .npy), item_raw.npy, index.faiss, semantic_ids_report.json. No pickle.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,7 @@ from pipeline.protocols import FitData
 from pipeline.types import PAD, RequestBatch, Retrieved
 
 MODES = ("cobra", "cobra_sparse", "tiger")
+FORMAT = 2  # saved-artifact layout: 2 = the shared causal encoder (channels/sequence.py)
 
 
 class CobraChannel:
@@ -54,12 +58,12 @@ class CobraChannel:
         d_model: int = 64, n_layers: int = 2, n_heads: int = 2, d_ff: int = 256, max_len: int = 50,
         dropout: float = 0.2, dense_dim: int = 64, max_tokens: int = 32, price_buckets: int = 10,
         id_embedding: bool = False, dense_levels: int | None = None, dense_head: str = "identity",
-        item_head: str = "linear", embed_std: float | None = None, similarity: str = "dot",
+        item_head: str = "linear", embed_std: float | None = None, similarity: str = "dot", tied_input: bool = False,
         lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128, max_epochs: int = 40, patience: int = 4,
         epochs: int = 15, dense_loss_weight: float = 1.0, sparse_loss_weight: float = 1.0, temperature: float = 1.0,
-        negatives: str = "full",
+        negatives: str = "full", n_negatives: int = 2048,
         logq: bool = True, id_dropout: float = 0.1, max_train_seconds: float | None = None, valid_users: int | None = 5000,
-        clip_norm: float | None = None,
+        clip_norm: float | None = None, dense_condition: str = "sampled", teacher_prob: float = 0.5, refit: bool = False,
         beam_size: int = 20, catalog_neighbors: int = 0, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
         fusion_sparse_weight: float = 1.0, fusion_dense_weight: float = 1.0, max_leaf_items: int | None = None,
         neighbor_id_score: str = "search",
@@ -81,11 +85,14 @@ class CobraChannel:
         self.dropout, self.dense_dim, self.max_tokens, self.price_buckets = dropout, dense_dim, max_tokens, price_buckets
         self.id_embedding, self.dense_levels = id_embedding, dense_levels
         self.dense_head, self.item_head, self.embed_std, self.similarity = dense_head, item_head, embed_std, similarity
+        self.tied_input = tied_input
         self.sparse_loss_weight = sparse_loss_weight
         self.lr, self.weight_decay, self.batch_size, self.max_epochs = lr, weight_decay, batch_size, max_epochs
         self.patience, self.epochs, self.dense_loss_weight, self.temperature = patience, epochs, dense_loss_weight, temperature
         self.negatives, self.logq, self.id_dropout, self.max_train_seconds = negatives, logq, id_dropout, max_train_seconds
         self.valid_users, self.clip_norm = valid_users, clip_norm
+        self.dense_condition, self.teacher_prob, self.refit = dense_condition, teacher_prob, refit
+        self.n_negatives = n_negatives
         self.beam_size, self.catalog_neighbors, self.fusion_tau, self.fusion_psi = beam_size, catalog_neighbors, fusion_tau, fusion_psi
         self.fusion_sparse_weight, self.fusion_dense_weight, self.max_leaf_items = fusion_sparse_weight, fusion_dense_weight, max_leaf_items
         self.neighbor_id_score = neighbor_id_score
@@ -117,7 +124,9 @@ class CobraChannel:
                            dense_weight=self.dense_loss_weight, temperature=self.temperature, negatives=self.negatives,
                            logq=self.logq, id_dropout=self.id_dropout, max_len=self.max_len, seed=seed,
                            progress=self.progress, max_seconds=self.max_train_seconds, clip_norm=self.clip_norm,
-                           similarity=self.similarity, sparse_weight=self.sparse_loss_weight)
+                           similarity=self.similarity, sparse_weight=self.sparse_loss_weight,
+                           dense_condition=self.dense_condition, teacher_prob=self.teacher_prob,
+                           n_negatives=self.n_negatives)
 
     def beam_config(self, beam_size: int | None = None) -> BeamConfig:
         return BeamConfig(beam_size=beam_size or self.beam_size, catalog_neighbors=self.catalog_neighbors,
@@ -130,30 +139,42 @@ class CobraChannel:
 
     # ---- fit ------------------------------------------------------------------------------
     def fit(self, data: FitData) -> "CobraChannel":
+        """Train on `data.train`, or (validation data given) on `data.valid_history` with early
+        stopping on `data.valid`; with `refit`, then train a fresh model on `data.train` for the
+        best epoch count (the validation targets are then learned from too)."""
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         seed = data.seed if self.seed is None else self.seed
         tcfg = self.train_config(seed)  # validates the training options before any work
         with_valid = data.valid is not None and data.valid_history is not None
         frame = data.valid_history if with_valid else data.train
+        report = self._train(data, frame, seed, tcfg, with_valid)
+        self.fit_report_ = {"best_epoch": report.best_epoch, "best": report.best, "epochs": report.epochs,
+                            "seconds": round(report.seconds, 1), "early_stopping": with_valid}
+        if self.refit and with_valid:
+            again = self._train(data, data.train, seed, replace(tcfg, epochs=max(report.best_epoch, 1)), False)
+            self.fit_report_["refit"] = {"epochs": again.best_epoch, "seconds": round(again.seconds, 1),
+                                         "on": "train (validation targets included)"}
+        self._refresh()
+        return self
+
+    def _train(self, data: FitData, frame: pd.DataFrame, seed: int, tcfg: TrainConfig, with_valid: bool):
+        """Items, IDs and a fresh model fitted on `frame` (early stopping on data.valid when asked)."""
         content_dim = self._fit_items(data, frame, seed)
         self.model_cfg_ = ModelConfig(
             code_sizes=tuple(self.sizes_), n_tokens=len(getattr(self.encoder_, "vocabulary_", {}) or {}) + 1,
             content_dim=content_dim, n_price=len(self.price_edges_) + 2, n_items=data.n_items if self.id_embedding else 0,
             d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_ff=self.d_ff, max_len=self.max_len,
             dropout=self.dropout, dense=self.dense, dense_dim=self.dense_dim, dense_levels=self.dense_levels,
-            dense_head=self.dense_head, item_head=self.item_head, embed_std=self.embed_std)
+            dense_head=self.dense_head, item_head=self.item_head, embed_std=self.embed_std, tied_input=self.tied_input)
         torch.manual_seed(seed)
         self.model_ = CobraModel(self.model_cfg_)
         self._refresh()
         evaluate = valid_callback(self, data.valid_history, data.valid, self.valid_users, seed) if with_valid else None
-        report = fit_model(self.model_, torch.from_numpy(self.codes_), self.features_.to_torch(),
-                           build_windows(frame, self.max_len), self.popularity_, tcfg,
-                           evaluate=(lambda: (self._refresh(), evaluate())[1]) if evaluate else None)
-        self.fit_report_ = {"best_epoch": report.best_epoch, "best": report.best, "epochs": report.epochs,
-                            "seconds": round(report.seconds, 1), "early_stopping": with_valid}
-        self._refresh()
-        return self
+        return fit_model(self.model_, torch.from_numpy(self.codes_), self.features_.to_torch(),
+                         build_windows(frame, self.max_len), self.popularity_, tcfg,
+                         evaluate=(lambda: (self._refresh(), evaluate())[1]) if evaluate else None,
+                         child=list(self.trie_.child))
 
     def _fit_items(self, data: FitData, frame: pd.DataFrame, seed: int) -> int:
         """Content encoder, semantic IDs and their report, item features; returns the content width."""
@@ -246,10 +267,11 @@ class CobraChannel:
 
     @torch.no_grad()
     def candidates(self, history: np.ndarray, beam_size: int | None = None,
-                   seen: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+                   seen: tuple[np.ndarray, np.ndarray] | None = None, k: int = 0) -> Candidates:
         """Beam search for a block of histories (B, L) and the unseen items behind the beams
         (with their dense cosine in COBRA mode); independent of the BeamFusion weights. `seen`:
-        (rows, items) of every seen item when the block's history matrix is cut (None: the matrix)."""
+        (rows, items) of every seen item when the block's history matrix is cut (None: the matrix).
+        `k`: with catalog neighbours, the best beam's search is deep enough to answer k items."""
         cfg = self.beam_config(beam_size)
         beams = beam_search(self.model_, self.history_states(history), self.trie_, cfg.beam_size)
         cands = leaf_candidates(beams, self.trie_, cfg.max_leaf_items)
@@ -258,7 +280,9 @@ class CobraChannel:
             v_hat = (F.normalize(v_hat, dim=-1) if self.similarity == "cosine" else v_hat).numpy()
             if cfg.catalog_neighbors > 0:
                 groups = beams.codes[..., : self.model_cfg_.dense_after].numpy()  # beams sharing v_hat
-                cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups)
+                n_seen = int(np.bincount(seen[0]).max()) if seen is not None and len(seen[0]) else history.shape[1]
+                cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups,
+                                            fill=k + n_seen if k > 0 else 0)
                 cands = with_own_beams(cands, beams.leaf.numpy(), self.trie_.item_leaf)
             cands = with_similarity(cands, v_hat, self.item_vecs_)
         return drop_seen(cands, history, seen)
@@ -270,7 +294,7 @@ class CobraChannel:
         return top_unique(cands, scores, k)
 
     def _retrieve_rows(self, block: RequestBatch, k: int, beam_size: int | None) -> Retrieved:
-        return self.score(self.candidates(block.history, beam_size, block.seen_pairs()), k)
+        return self.score(self.candidates(block.history, beam_size, block.seen_pairs(), k), k)
 
     def item_vectors(self, items: np.ndarray) -> np.ndarray | None:
         """The dense vectors the channel scores with (float32 [n, D]) of item ids; None in the
@@ -360,13 +384,16 @@ class CobraChannel:
             save_index(self.index_, path / "index.faiss")
         model_cfg = asdict(self.model_cfg_) | {"code_sizes": list(self.model_cfg_.code_sizes)}
         atomic_write_json(path / "semantic_ids_report.json", self.report_)
-        atomic_write_json(path / "params.json", {"params": self._params(), "sizes": self.sizes_, "model": model_cfg,
+        atomic_write_json(path / "params.json", {"format": FORMAT, "params": self._params(), "sizes": self.sizes_, "model": model_cfg,
                                                  "fit_report": self.fit_report_})
 
     @classmethod
     def load(cls, path: Path) -> "CobraChannel":
         path = Path(path)
         meta = read_json(path / "params.json")
+        if meta.get("format", 1) != FORMAT:
+            raise ValueError(f"{path}: a COBRA channel saved in format {meta.get('format', 1)} (before the shared "
+                             f"sequence encoder); this version reads format {FORMAT}: retrain it")
         ch = cls(**meta["params"])
         if ch.num_threads:
             torch.set_num_threads(ch.num_threads)
@@ -377,8 +404,7 @@ class CobraChannel:
         for name in ("codes_", "active_", "popularity_", "price_edges_"):
             setattr(ch, name, np.load(path / f"{name[:-1]}.npy", allow_pickle=False))
         ch.features_ = ItemFeatures.load(path)
-        legacy = {"dense_head": "mlp", "item_head": "mlp", "embed_std": 0.02}  # runs saved before these fields
-        ch.model_cfg_ = ModelConfig(**(legacy | meta["model"] | {"code_sizes": tuple(meta["model"]["code_sizes"])}))
+        ch.model_cfg_ = ModelConfig(**(meta["model"] | {"code_sizes": tuple(meta["model"]["code_sizes"])}))
         ch.model_ = CobraModel(ch.model_cfg_)
         ch.model_.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
         ch.model_.eval()

@@ -2,12 +2,17 @@
 history item enters as its sparse code tokens (one embedding per level, summed) together with its
 dense vector (projected), followed by a cascaded head that generates the next item level by level:
 
-    h_t = Transformer(items_<=t)                      one position per history item
+    h_t = Transformer(items_<=t)                      one position per history item (the shared
+                                                       causal encoder of channels/sequence.py)
     s_0 = h_t;  logits_l = Head_l(s_{l-1} ...)        code level l given the levels before it
-    s_l = s_{l-1} + Cond_l[c_l]                        teacher forcing: the true (train) or beam code
+    s_l = s_{l-1} + Cond_l[c_l]                        c_l: the true code (sparse loss), the beam's
+                                                       code (inference)
     v_hat = DenseHead(s_D)                             the dense vector, conditioned on the ID
                                                        (its first D = dense_levels levels; all by default)
 
+Training conditions the dense head on the true codes (teacher forcing) or on codes drawn from the
+model's own distribution (`sample_codes`, trie-constrained like the beam search), so that the
+dense vector learns to find the target from the IDs the beams will actually hold (train.py).
 One position per item (not one per token as in COBRA's interleaved sequence) keeps the sequence
 as short as SASRec's: the ID-then-dense cascade happens in the head. The dense item vectors come
 from `ItemEncoder`, a trainable encoder over each item's content (see features.py), so a new item
@@ -19,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from channels.sequence import CausalEncoder, SequenceConfig
 
 
 HEADS = ("identity", "linear", "mlp")
@@ -44,12 +50,15 @@ class ModelConfig:
     dense_head: str = "identity"  # state -> predicted dense vector: 'identity' (dense_dim == d_model), 'linear', 'mlp'
     item_head: str = "linear"  # item-encoder output layer: 'linear' or 'mlp' (LayerNorm + 2 layers)
     embed_std: float | None = None  # init std of the token/code/id embeddings (None: d_model ** -0.5)
+    tied_input: bool = False  # history items enter with their item vector as is (needs dense_dim == d_model)
 
     def __post_init__(self) -> None:
         if self.dense_head not in HEADS:
             raise ValueError(f"dense_head must be one of {HEADS}, got {self.dense_head!r}")
         if self.item_head not in HEADS[1:]:
             raise ValueError(f"item_head must be one of {HEADS[1:]}, got {self.item_head!r}")
+        if self.dense and self.tied_input and self.dense_dim != self.d_model:
+            raise ValueError(f"tied_input needs dense_dim == d_model, got {self.dense_dim} and {self.d_model}")
         if self.dense and self.dense_head == "identity" and self.dense_dim != self.d_model:
             raise ValueError(f"dense_head 'identity' needs dense_dim == d_model, got {self.dense_dim} and {self.d_model}")
 
@@ -91,30 +100,6 @@ class ItemEncoder(nn.Module):
         return self.out(x)  # (N, dense_dim)
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block with causal, padding-aware attention."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.n_heads = cfg.n_heads
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model))
-        self.drop = nn.Dropout(cfg.dropout)
-        self.p_attn = cfg.dropout
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)  # 3 x (B, T, d)
-        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=self.p_attn if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, d)
-        x = x + self.drop(self.proj(y))
-        return x + self.drop(self.ff(self.ln2(x)))
-
-
 class CobraModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -124,12 +109,10 @@ class CobraModel(nn.Module):
         d = cfg.d_model
         self.code_in = nn.ModuleList(nn.Embedding(k, d) for k in cfg.code_sizes)  # history item tokens
         self.code_cond = nn.ModuleList(nn.Embedding(k, d) for k in cfg.code_sizes)  # head conditioning
-        self.dense_in = nn.Linear(cfg.dense_dim, d) if cfg.dense else None
+        # history items enter as their codes plus their dense vector: projected, or the item vector
+        # itself (`tied_input`, SASRec's shared input/output item space, as the two-tower does)
+        self.dense_in = (nn.Identity() if cfg.tied_input else nn.Linear(cfg.dense_dim, d)) if cfg.dense else None
         self.item_encoder = ItemEncoder(cfg) if cfg.dense else None
-        self.pos = nn.Embedding(cfg.max_len, d)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(d)
         self.code_heads = nn.ModuleList(_mlp(d, d, k) for k in cfg.code_sizes)
         self.dense_head = _head(cfg.dense_head, d, cfg.dense_dim) if cfg.dense else None
         self.apply(self._init)
@@ -140,6 +123,9 @@ class CobraModel(nn.Module):
             for emb in inputs:
                 if emb is not None:
                     nn.init.normal_(emb.weight, std=embed_std)
+        # the history encoder is the two-tower's (channels/sequence.py), with its own initialisation
+        self.backbone = CausalEncoder(SequenceConfig(d_model=d, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                                                     d_ff=cfg.d_ff, max_len=cfg.max_len, dropout=cfg.dropout))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -156,18 +142,10 @@ class CobraModel(nn.Module):
     def encode(self, codes: torch.Tensor, dense: torch.Tensor | None, real: torch.Tensor) -> torch.Tensor:
         """History states. codes int64 (B, T, L); dense (B, T, dense_dim) or None; real bool (B, T)
         (False = left padding). Returns (B, T, d); row t has seen items <= t only."""
-        b, t, _ = codes.shape
         x = sum(emb(codes[..., i]) for i, emb in enumerate(self.code_in))  # (B, T, d)
         if self.dense_in is not None and dense is not None:
             x = x + self.dense_in(dense)
-        pos = torch.arange(self.cfg.max_len - t, self.cfg.max_len, device=codes.device)  # most recent = last
-        x = self.drop((x + self.pos(pos)) * real[..., None])
-        causal = torch.ones(t, t, dtype=torch.bool, device=codes.device).tril()  # (T, T)
-        eye = torch.eye(t, dtype=torch.bool, device=codes.device)
-        allowed = (causal & (real[:, None, :] | eye))[:, None]  # (B, 1, T, T): pads see only themselves
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.ln_f(x)
+        return self.backbone(x, real)  # (B, T, d)
 
     def condition(self, state: torch.Tensor, level: int, code: torch.Tensor) -> torch.Tensor:
         """s_{l+1} = s_l + Cond_l[code] (state (..., d), code int64 (...))."""
@@ -181,14 +159,43 @@ class CobraModel(nn.Module):
         assert self.dense_head is not None, "sparse-only model has no dense head"
         return self.dense_head(state)
 
-    def teacher_forced(self, h: torch.Tensor, target_codes: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """Per-level logits (list of (..., K_l)) and the dense prediction (..., dense_dim) with the
-        true codes as the conditioning (h (..., d), target_codes int64 (..., L)); the dense head
-        reads the state after the first `cfg.dense_after` levels."""
-        logits, state, dense_state = [], h, h
+    def conditioned_state(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The state the dense head reads: h plus the conditioning of the first `cfg.dense_after`
+        levels of `codes` (h (..., d), codes int64 (..., L))."""
+        state = h
+        for level in range(self.cfg.dense_after):
+            state = self.condition(state, level, codes[..., level])
+        return state
+
+    @torch.no_grad()
+    def sample_codes(self, h: torch.Tensor, child: list[torch.Tensor] | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """IDs drawn from the model's own level-by-level distribution for states h (P, d):
+        code l ~ softmax(Head_l(s_l)), restricted to existing IDs when the trie's child tables
+        are given (as the beam search is). Returns int64 (P, L)."""
+        state, node, out = h, torch.zeros(h.shape[0], dtype=torch.long), []
+        for level in range(self.n_levels):
+            logits = self.code_logits(state, level).float()  # (P, K)
+            if child is not None:
+                nxt = child[level][node]  # (P, K) next trie node per code, -1 if absent
+                logits = logits.masked_fill(nxt < 0, float("-inf"))
+            code = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]  # (P,)
+            if child is not None:
+                node = nxt.gather(1, code[:, None])[:, 0]
+            out.append(code)
+            state = self.condition(state, level, code)
+        return torch.stack(out, dim=1)
+
+    def teacher_forced(self, h: torch.Tensor, target_codes: torch.Tensor,
+                       dense_codes: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Per-level logits (list of (..., K_l)) with the true codes as the conditioning (h (..., d),
+        target_codes int64 (..., L)), and the dense prediction (..., dense_dim) conditioned on
+        `dense_codes` (default: the true codes) through their first `cfg.dense_after` levels."""
+        logits, state = [], h
         for level in range(self.n_levels):
             logits.append(self.code_logits(state, level))
             state = self.condition(state, level, target_codes[..., level])
-            if level + 1 == self.cfg.dense_after:
-                dense_state = state
-        return logits, (self.dense_vector(dense_state) if self.dense_head is not None else None)
+        if self.dense_head is None:
+            return logits, None
+        codes = target_codes if dense_codes is None else dense_codes
+        return logits, self.dense_vector(self.conditioned_state(h, codes))

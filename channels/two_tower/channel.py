@@ -1,7 +1,8 @@
 """TwoTowerChannel: a transformer user tower and a content-aware item tower, retrieved by faiss.
 
 fit: learn the item-feature vocabularies, train the towers (early stopping on FitData.valid while
-fitting on FitData.valid_history when validation data is given, else a fixed epoch count), then
+fitting on FitData.valid_history when validation data is given, else a fixed epoch count; with
+`refit`, then a fresh model on the full history for the best epoch count), then
 put every item's vector in the configured faiss index. At retrieval the user vector of each
 request comes from its own (most recent `max_len`) history; the index is searched for k + the
 history width and seen items are dropped.
@@ -13,6 +14,7 @@ features.json + features_*.npy, item_raw.npy, index.faiss. No pickle.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,7 @@ class TwoTowerChannel:
         # training
         loss: str = "sampled", n_negatives: int = 2048, sampler: str = "popularity", sampler_power: float = 0.75,
         temperature: float = 1.0, weighting: str = "batch", lr: float = 4e-3, weight_decay: float = 0.0,
-        batch_size: int = 256, max_epochs: int = 60, patience: int = 5, epochs: int = 20,
+        batch_size: int = 256, max_epochs: int = 60, patience: int = 5, epochs: int = 20, refit: bool = False,
         # index
         index: str = "flat", nlist: int = 128, nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 256,
         ef_construction: int = 200, use_gpu: bool = True,
@@ -66,7 +68,7 @@ class TwoTowerChannel:
         self.loss, self.n_negatives, self.sampler, self.sampler_power = loss, n_negatives, sampler, sampler_power
         self.temperature, self.weighting, self.lr = temperature, weighting, lr
         self.weight_decay, self.batch_size = weight_decay, batch_size
-        self.max_epochs, self.patience, self.epochs = max_epochs, patience, epochs
+        self.max_epochs, self.patience, self.epochs, self.refit = max_epochs, patience, epochs, refit
         self.index, self.nlist, self.nprobe, self.hnsw_m = index, nlist, nprobe, hnsw_m
         self.ef_search, self.ef_construction, self.use_gpu = ef_search, ef_construction, use_gpu
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
@@ -130,6 +132,12 @@ class TwoTowerChannel:
         self.fit_report_ = {"best_epoch": report.best_epoch, "best": report.best, "epochs": report.epochs,
                             "seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "early_stopping": with_valid,
                             "content": content_note or ("used" if self.use_content else "off")}
+        if self.refit and with_valid:  # a fresh model on the full history, for the epoch count validation chose
+            self.model_ = self._build_model(data.n_items, self.encoder_.cardinalities(), seed)
+            again = fit_model(self.model_, item_inputs(self.features_), build_windows(data.train, self.max_len),
+                              replace(cfg, epochs=max(report.best_epoch, 1)))
+            self.fit_report_["refit"] = {"epochs": again.best_epoch, "seconds": again.seconds,
+                                         "on": "train (validation targets included)"}
         self._index_all(index_cfg)
         return self
 

@@ -3,22 +3,24 @@
 ItemTower: item id embedding (+ one shared 'unknown' row, index n_items, for items added after
 training) plus content features: category, brand and full category path embeddings, a price
 bucket embedding and an EmbeddingBag over hashed title/category tokens, projected to d_model.
-UserTower: a small causal pre-LN transformer over the recent history (left-padded, most recent
-last) whose inputs are the item tower's vectors of the history items (so input and output item
-spaces are shared, as in SASRec, and a new item in a history needs no retraining), plus learned
-positions counted back from the most recent item and, optionally, time-gap buckets. The user
-vector at a position is that position's output; for a request it is the last position's.
+UserTower: the causal transformer shared with COBRA (channels/sequence.CausalEncoder) over the
+recent history (left-padded, most recent last) whose inputs are the item tower's vectors of the
+history items (so input and output item spaces are shared, as in SASRec, and a new item in a
+history needs no retraining), plus learned positions counted back from the most recent item and,
+optionally, time-gap buckets. The user vector at a position is that position's output; for a
+request it is the last position's.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-DAY = 86400.0
+from channels.sequence import CausalEncoder, SequenceConfig, gap_buckets
+
+UserTowerConfig = SequenceConfig  # the user tower is the shared causal encoder (channels/sequence.py)
 
 
 @dataclass(frozen=True)
@@ -32,17 +34,6 @@ class ItemTowerConfig:
     n_price: int = 1
     text_buckets: int = 2
     id_dropout: float = 0.0  # training only: probability of replacing an id by the unknown row
-
-
-@dataclass(frozen=True)
-class UserTowerConfig:
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 256
-    max_len: int = 50
-    dropout: float = 0.2
-    time_buckets: int = 0  # 0: no time-gap embedding
 
 
 @dataclass(frozen=True)
@@ -97,79 +88,6 @@ class ItemTower(nn.Module):
         return vec  # (N, d)
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block with causal self-attention that ignores padded keys."""
-
-    def __init__(self, cfg: UserTowerConfig) -> None:
-        super().__init__()
-        d = cfg.d_model
-        self.n_heads = cfg.n_heads
-        self.dropout = cfg.dropout
-        self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, d), nn.Dropout(cfg.dropout))
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        B, L, d = x.shape
-        nh, hs = self.n_heads, d // self.n_heads
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)  # 3 x (B, L, d)
-        q = q.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
-        k = k.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
-        v = v.view(B, L, nh, hs).transpose(1, 2)  # (B, nh, L, hs)
-        p = self.dropout if self.training else 0.0
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)  # (B, nh, L, hs)
-        att = att.transpose(1, 2).reshape(B, L, d)  # (B, L, d)
-        x = x + self.drop(self.out(att))  # (B, L, d)
-        return x + self.mlp(self.ln2(x))  # (B, L, d)
-
-
-class UserTower(nn.Module):
-    def __init__(self, cfg: UserTowerConfig) -> None:
-        super().__init__()
-        if cfg.d_model % cfg.n_heads:
-            raise ValueError(f"d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
-        self.cfg = cfg
-        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.gap = nn.Embedding(cfg.time_buckets, cfg.d_model) if cfg.time_buckets else None
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, gaps: torch.Tensor | None = None) -> torch.Tensor:
-        """x: history item vectors (B, L, d), valid: bool (B, L) (left padding), gaps: int64
-        (B, L) time-gap buckets. Returns the state at every position (B, L, d)."""
-        B, L, d = x.shape
-        if L > self.cfg.max_len:
-            raise ValueError(f"history width {L} exceeds max_len {self.cfg.max_len}")
-        back = torch.arange(L - 1, -1, -1, device=x.device)  # (L,) 0 = most recent column
-        h = x * math.sqrt(d) + self.pos(back)  # (B, L, d)
-        if self.gap is not None and gaps is not None:
-            h = h + self.gap(gaps)  # (B, L, d)
-        h = self.drop(h) * valid.unsqueeze(-1)  # (B, L, d)
-        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()  # (L, L)
-        diag = torch.eye(L, dtype=torch.bool, device=x.device)  # (L, L) a padded query sees itself
-        allowed = (causal & valid[:, None, :]) | diag  # (B, L, L)
-        allowed = allowed.unsqueeze(1)  # (B, 1, L, L)
-        for block in self.blocks:
-            h = block(h, allowed)  # (B, L, d)
-        return self.ln_f(h)  # (B, L, d)
-
-
-def gap_buckets(times: torch.Tensor, valid: torch.Tensor, n_buckets: int) -> torch.Tensor:
-    """Bucket of log2(1 + days since the previous history item): 0 for padding and the first
-    item, 1..n_buckets-1 otherwise. times: int64 (B, L) unix seconds."""
-    prev = torch.roll(times, 1, dims=1)  # (B, L)
-    prev_valid = torch.roll(valid, 1, dims=1)  # (B, L)
-    prev_valid[:, 0] = False
-    days = (times - prev).clamp(min=0).double() / DAY  # (B, L)
-    bucket = torch.floor(torch.log2(1.0 + days)).long() + 1  # (B, L)
-    bucket = bucket.clamp(max=n_buckets - 1)  # (B, L)
-    return torch.where(valid & prev_valid, bucket, torch.zeros_like(bucket))  # (B, L)
-
-
 class TwoTowerModel(nn.Module):
     """Both towers and the scoring convention: dot product, optionally of L2-normalised vectors."""
 
@@ -178,7 +96,7 @@ class TwoTowerModel(nn.Module):
         if item_cfg.d_model != user_cfg.d_model:
             raise ValueError(f"item d_model {item_cfg.d_model} != user d_model {user_cfg.d_model}")
         self.item_tower = ItemTower(item_cfg)
-        self.user_tower = UserTower(user_cfg)
+        self.user_tower = CausalEncoder(user_cfg)
         self.normalize = normalize
 
     def output(self, vec: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,18 @@ def _bootstrap_table(report: dict) -> list[str]:
     return lines
 
 
+def _unique_table(report: dict) -> list[str]:
+    uniq = report.get("unique_after_ranking") or {}
+    if not uniq:
+        return []
+    lines = ["Hits in each arm's top 10 that only one of its channels' pools held (what that channel alone "
+             "brought to the final list):", "", "| arm | hits@10 | only from |", "|---|---|---|"]
+    for arm, by in uniq.items():
+        parts = ", ".join(f"{ch} {n}" for ch, n in by.items() if ch != "hits@10")
+        lines.append(f"| {arm} | {by['hits@10']} | {parts} |")
+    return lines
+
+
 def render_markdown(report: dict, plots: dict[str, Path]) -> str:
     out = [f"# Evaluation: {report['dataset']} ({report['stage']} split)", "",
            f"Protocol: leave-one-out, full catalog, seen items excluded, {report['users']} users. "
@@ -59,6 +71,7 @@ def render_markdown(report: dict, plots: dict[str, Path]) -> str:
                 "channel's budget (its pool quota); long-tail recall on targets outside the 20% most popular items.", ""]
         out += _channel_table(report) + [""]
     out += _bootstrap_table(report) + [""]
+    out += _unique_table(report) + ([""] if report.get("unique_after_ranking") else [])
     titles = {"recall_vs_k": "Recall vs k", "overlap": "Channel overlap of hits",
               "recall_by_bucket": "Recall by popularity bucket", "latency": "Latency distribution"}
     for key, path in plots.items():

@@ -20,6 +20,7 @@ from pipeline.evaluation.harness import (
 
 CASCADE = "cascade"
 BOOT_METRICS = ("R@10", "N@10")
+TAIL = "tail_R@10"  # recall@10 on the targets outside the 20% most popular items
 RECALL_CURVE = (1, 5, 10, 20, 50, 100, 200, 500)
 N_BUCKETS = 5
 
@@ -43,6 +44,9 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
             results[arm.name], lists[arm.name] = ctx.arm(arm)
             arm_names.append(arm.name)
     pu = {name: per_user(topk, evalset, BOOT_METRICS) for name, topk in lists.items()}  # for both comparisons
+    in_tail = M.long_tail_mask(popularity)[evalset.targets]
+    for name in pu:  # tail recall as a per-user mean, for the paired interval against the control
+        pu[name][TAIL] = _tail_values(pu[name]["R@10"], in_tail)
     report = {
         "dataset": run.dataset.name, "stage": run.stage, "users": len(evalset), "ks": list(ks),
         "protocol": run_protocol(run),
@@ -51,6 +55,7 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
         "overlap": _overlap(budget_lists, evalset),
         "bootstrap": _intervals(pu, results, arm_names, cfg, ev.n_boot),
         "arms_vs_channels": _arms_vs_channels(pu, arm_names, cfg, ev.n_boot),
+        "unique_after_ranking": _unique_after_ranking(lists, budget_lists, evalset, ctx.arm_channels),
         "latency_samples_ms": ctx.latency_samples,
     }
     if out_dir is not None:
@@ -79,6 +84,7 @@ class _Context:
         self.n_items = run.dataset.n_items
         self.latency_requests = latency_requests
         self.latency_samples: dict[str, list[float]] = {}
+        self.arm_channels: dict[str, list[str]] = {}
         cat = run.dataset.items["category"].astype(str) if "category" in run.dataset.items else None
         self.categories = None if cat is None else cat.astype("category").cat.codes.to_numpy(np.int64)
 
@@ -107,6 +113,7 @@ class _Context:
         if self.categories is not None:
             res["diversity@10"] = M.intra_list_diversity(topk[:, :10], categories=self.categories)
         res["latency"] = self._latency(arm.name, arm.cascade.topk, max(ks))
+        self.arm_channels[arm.name] = [c.name for c in arm.cascade.channels]
         return res, topk
 
     def _latency(self, name: str, fn, k: int) -> dict:
@@ -115,6 +122,31 @@ class _Context:
         ms = request_latency_ms(fn, self.evalset.batch, self.latency_requests, k)
         self.latency_samples[name] = [round(float(v), 4) for v in ms]
         return latency_summary(ms)
+
+
+def _tail_values(hits: np.ndarray, in_tail: np.ndarray) -> np.ndarray:
+    """Per-user values whose mean is recall@10 on the tail targets: hit * [tail] * n / n_tail
+    (the tail share held at its sample value, so the paired bootstrap resamples users as for R@10)."""
+    n_tail = int(in_tail.sum())
+    if n_tail == 0:
+        return np.zeros(len(hits))
+    return np.asarray(hits, np.float64) * in_tail * (len(hits) / n_tail)
+
+
+def _unique_after_ranking(lists: dict, budget_lists: dict, evalset: EvalSet, arm_channels: dict) -> dict:
+    """For each pipeline arm: per channel of the arm, how many users' target is in the arm's top 10
+    and in that channel's pool list but in no other channel's of the arm (the hits only it brought)."""
+    out = {}
+    targets = evalset.targets[:, None]
+    for arm, names in arm_channels.items():
+        names = [n for n in names if n in budget_lists]
+        if not names:
+            continue
+        hit = (lists[arm][:, :10] == targets).any(axis=1)
+        found = {n: (budget_lists[n] == targets).any(axis=1) for n in names}
+        count = np.sum(list(found.values()), axis=0)
+        out[arm] = {n: int((hit & found[n] & (count == 1)).sum()) for n in names} | {"hits@10": int(hit.sum())}
+    return out
 
 
 def _buckets(by_bucket: dict) -> dict:
@@ -149,7 +181,7 @@ def _intervals(pu: dict, results: dict, arm_names: list[str], cfg, n_boot: int) 
     if len(pu) < 2:
         return {}
     control = _control(results, arm_names, cfg)
-    return {"control": control, "arms": compare_arms(pu, control, BOOT_METRICS, n_boot=n_boot, seed=cfg.run.seed)}
+    return {"control": control, "arms": compare_arms(pu, control, BOOT_METRICS + (TAIL,), n_boot=n_boot, seed=cfg.run.seed)}
 
 
 def _arms_vs_channels(pu: dict, arm_names: list[str], cfg, n_boot: int) -> dict:
