@@ -65,8 +65,9 @@ def main(argv=None) -> int:
                 report["arms"][arm], command, train_seconds, users=report["users"], control=boot.get("control"),
                 vs_control=vs, report=f"bench/results/{out.name}/report.md",
                 run_seconds=dict(run.manifest.get("seconds", {}))))
-        if robust:  # the channels alone, same run, same users: the COBRA vs two-tower comparison under B
-            for name in [a for a in report["arms"] if a not in report["pipeline_arms"]]:
+        if robust:  # the neural channels alone, same run, same users: COBRA vs the two-tower under B (the
+            # classic channels' protocol-B rows come from bench/protocol_b.py: three seeds, re-tuned under B)
+            for name in [a for a in ("two_tower", "cobra") if a in report["arms"]]:
                 record(dataset, name, quality_entry(report["arms"][name], command, train_seconds, users=report["users"],
                                                     report=f"bench/results/{out.name}/report.md", source="ab run"))
         plus = boot.get("arms", {}).get("plus-cobra")

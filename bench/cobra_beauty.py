@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     tuned = tune(channel, grid or {"beam_size": [channel.beam_size]}, valid_set, log)
     test = {k: float("nan") for k in ("R@5", "N@5", "R@10", "N@10", "R@20", "R@50")} if args.no_test else evaluate(channel, test_set)
     seconds = time.perf_counter() - t0
-    name = f"cobra_{args.mode}{args.tag}"
+    name = f"cobra_{args.mode}{args.tag or ('' if args.shuffle_ties is None else '_b')}"  # protocol B files apart
     print(f"{name} test: " + " ".join(f"{k} {test[k]:.4f}" for k in ("R@5", "N@5", "R@10", "N@10", "R@50"))
           + f" (fit {fit_seconds:.0f}s, total {seconds:.0f}s)", flush=True)
     report = channel.tokenizer_report()

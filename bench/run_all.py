@@ -63,6 +63,12 @@ STEPS: dict[str, tuple] = {
     "protocol_b": (f"{PY} bench.protocol_b --dataset amazon-beauty-2014-5core --seeds 1 2 3 --record", 36),
     "protocol_sports": (f"{PY} bench.protocol_b --dataset amazon-sports-2014-5core --seeds 1 --no-tune --protocol-a --record", 40),
     "protocol_toys": (f"{PY} bench.protocol_b --dataset amazon-toys-2014-5core --seeds 1 --no-tune --protocol-a --record", 25),
+    "two_tower_b": (f"{PY} bench.two_tower_beauty --shuffle-ties 1", 8),
+    "tiger_b": (f"{PY} bench.cobra_beauty --mode tiger --shuffle-ties 1 --record", 7),
+    "cobra_ablation": (f"{PY} bench.cobra_ablation", 100),
+    "cobra_unconditioned_b": (f"{PY} bench.cobra_ablation --test uncond_tied --key cobra_unconditioned", 3),
+    "cobra_latency_b": (f"{PY} bench.cobra_latency --run runs/cobra_cobra_b_sampled_tied-beauty --shuffle-ties 1 --quality", 3),
+    "ab_beauty_b": (f"{PY} bench.ab_beauty --shuffle-ties 1 --record", 60),
     "install_timing": (f"{PY} bench.install_timing --record", 10),
     "readme_table": (f"{PY} bench.readme_table", 0),
 }

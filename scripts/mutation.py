@@ -24,15 +24,44 @@ RESULTS = ROOT / "bench" / "results"
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", None: "not checked",
           36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "killed"}
 COMMAND = "python scripts/mutation.py --record"
+# Surviving mutants read and judged equivalent (no test can tell them from the original), with why.
+EQUIVALENT = {
+    "pipeline.serving.ab.xǁArmTableǁbucket__mutmut_7": "int.from_bytes byte order defaults to 'big' (Python >= 3.11)",
+    "pipeline.serving.ab.xǁArmTableǁ__init____mutmut_9": "the one default arm's weight is normalised to 1 whatever it is",
+    "pipeline.serving.ab.xǁArmTableǁ__init____mutmut_18": "with one arm no user is hashed, so its salt is never read",
+    "pipeline.serving.ab.xǁArmTableǁ__init____mutmut_28": "np.array of Python floats is float64 without the dtype",
+    "pipeline.serving.ab.xǁArmTableǁ__init____mutmut_30": "np.array of Python floats is float64 without the dtype",
+    "pipeline.serving.ab.xǁArmTableǁassign__mutmut_15": "searchsorted sides differ only for a bucket exactly on a boundary (p ~ 2**-64)",
+    "pipeline.serving.ab.xǁArmTableǁassign__mutmut_23": "the index is already below len(names) (bucket < 1); the min never binds",
+    "pipeline.data.splits.x__first_rows_of_known_users__mutmut_4": "groupby(...).head(1) keeps row order whatever `sort` is",
+    "pipeline.data.splits.x__first_rows_of_known_users__mutmut_6": "groupby(...).head(1) keeps row order whatever `sort` is",
+    "pipeline.data.splits.x__first_rows_of_known_users__mutmut_9": "groupby(...).head(1) keeps row order whatever `sort` is",
+    "rankers.training_data.xǁRankingDataǁload__mutmut_2": "np.load's allow_pickle defaults to False (None is falsy)",
+    "rankers.training_data.xǁRankingDataǁload__mutmut_4": "np.load's allow_pickle defaults to False",
+    "pipeline.serving.eventlog.xǁEventLogǁ_run__mutmut_4": "encoding None is UTF-8 here (Python's UTF-8 mode / locale)",
+    "pipeline.serving.eventlog.xǁEventLogǁ_run__mutmut_7": "'UTF-8' and 'utf-8' name the same codec",
+    "pipeline.serving.eventlog.xǁEventLogǁ_write_batch__mutmut_33": "encoding None is UTF-8 here",
+    "pipeline.serving.eventlog.x_read_events__mutmut_9": "encoding None is UTF-8 here",
+    "pipeline.serving.eventlog.xǁEventLogǁclose__mutmut_12": "the put timeout only sets how often close polls before its deadline",
+    "channels.http_channel.xǁHttpChannelǁ_session__mutmut_6": "a new session per call: slower, the same answers",
+    "channels.http_channel.xǁHttpChannelǁ_session__mutmut_14": "an adapter mounted on a prefix no URL has: requests uses its default adapter",
+    "channels.http_channel.xǁHttpChannelǁ_session__mutmut_21": "an adapter mounted on a prefix no URL has: requests uses its default adapter",
+    "channels.http_channel.xǁHttpChannelǁretrieve__mutmut_27": "a new thread pool per call: slower, the same answers",
+    "channels.http_channel.xǁHttpChannelǁretrieve__mutmut_36": "the pool's default size instead of max_workers: the same answers",
+    "channels.http_channel.xǁHttpChannelǁ_map_row__mutmut_41": "numpy reads the sort kind case-insensitively",
+}
 
 
 def collect(mutants: Path) -> dict[str, Counter]:
-    """Per source module: how many mutants ended in each status."""
+    """Per source module: how many mutants ended in each status (a survivor listed in EQUIVALENT
+    counts as 'equivalent')."""
     out: dict[str, Counter] = {}
     for meta in sorted(mutants.rglob("*.py.meta")):
         module = str(meta.relative_to(mutants))[: -len(".meta")]
-        codes = json.loads(meta.read_text())["exit_code_by_key"].values()
-        out[module] = Counter(STATUS.get(code, "suspicious") for code in codes)
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        status = [STATUS.get(code, "suspicious") for code in codes.values()]
+        status = ["equivalent" if s == "survived" and name in EQUIVALENT else s for name, s in zip(codes, status)]
+        out[module] = Counter(status)
     return out
 
 
@@ -43,14 +72,19 @@ def score(c: Counter) -> float | None:
 
 def report(counts: dict[str, Counter], label: str) -> tuple[str, dict]:
     total = sum(counts.values(), Counter())
-    rows = ["| module | mutants | killed | survived | no tests | timeout | not checked | score |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| module | mutants | killed | survived | equivalent | no tests | timeout | not checked | score |",
+            "|---|---|---|---|---|---|---|---|---|"]
     data = {}
     for module, c in sorted(counts.items()) + [("all core modules", total)]:
         s = score(c)
-        rows.append(f"| {module} | {sum(c.values())} | {c['killed']} | {c['survived']} | {c['no tests']} | "
+        rows.append(f"| {module} | {sum(c.values())} | {c['killed']} | {c['survived']} | {c['equivalent']} | {c['no tests']} | "
                     f"{c['timeout']} | {c['not checked']} | {'-' if s is None else f'{s:.3f}'} |")
         data[module] = dict(c) | {"score": s}
-    text = f"# Mutation score of the core modules ({label})\n\n`{COMMAND}`\n\n" + "\n".join(rows) + "\n"
+    eq = ["", "Survivors judged equivalent (left out of the score):", "", "| mutant | why |", "|---|---|"]
+    eq += [f"| `{name}` | {why} |" for name, why in EQUIVALENT.items()]
+    text = (f"# Mutation score of the core modules ({label})\n\nscore = killed / (killed + survived); "
+            f"equivalent survivors are listed below and left out.\n\n`{COMMAND}`\n\n" + "\n".join(rows) + "\n"
+            + "\n".join(eq) + "\n")
     return text, data
 
 

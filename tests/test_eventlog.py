@@ -116,7 +116,7 @@ def test_read_events_from_files_folders_and_prefixes_skips_bad_lines(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="pipeline.serving.eventlog"):
         served = list(read_events(tmp_path, "served"))
     assert served == [{"n": 1, "name": "café"}, {"n": 2}]
-    assert any("served-a-0001.jsonl:2: not JSON, skipped" in r.getMessage() for r in caplog.records)
+    assert f"{tmp_path / 'served-a-0001.jsonl'}:2: not JSON, skipped" in [r.getMessage() for r in caplog.records]
     assert sorted(r["n"] for r in read_events(tmp_path)) == [1, 2, 3]  # no prefix: every log
     assert [r["n"] for r in read_events(tmp_path / "feedback-a-0001.jsonl")] == [3]  # one file
     assert [r["n"] for r in read_events([tmp_path / "feedback-a-0001.jsonl", tmp_path / "served-a-0001.jsonl"])] == [3, 1, 2]
