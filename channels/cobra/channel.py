@@ -35,7 +35,9 @@ from channels.cobra.encoder import ContentEncoder, EncoderConfig
 from channels.cobra.features import ItemFeatures, build_features, price_edges
 from channels.cobra.model import CobraModel, ModelConfig
 from channels.cobra.requests import valid_callback
-from channels.cobra.semantic_ids import IdConfig, code_report, disambiguate, group_ids, make_quantizer, load_quantizer
+from channels.cobra.semantic_ids import (
+    IdConfig, code_report, load_quantizer, make_quantizer, next_free_tokens, with_disambiguation,
+)
 from channels.cobra.train import TrainConfig, build_windows, fit_model
 from channels.cobra.trie import CodeTrie
 from pipeline.artifacts import atomic_write_json, read_json
@@ -191,7 +193,7 @@ class CobraChannel:
         self.popularity_ = np.bincount(frame["item_id"].to_numpy(np.int64), minlength=n).astype(np.float64)[:n]
         self.active_ = np.zeros(n, bool)
         self.active_[ids] = True
-        codes, self.sizes_ = self._full_codes(base, id_cfg)
+        codes, self.sizes_ = with_disambiguation(base, id_cfg, self.name)
         self.codes_ = np.zeros((n, len(self.sizes_)), np.int64)
         self.codes_[ids] = codes
         self.report_ = self._report(base, ids)
@@ -200,17 +202,6 @@ class CobraChannel:
                                self.popularity_[ids] > 0, self.max_tokens)
         self.features_ = _empty_features(n, feats).set_rows(ids, feats)
         return content.shape[1]
-
-    def _full_codes(self, base: np.ndarray, id_cfg: IdConfig) -> tuple[np.ndarray, list[int]]:
-        sizes = [int(s) for s in id_cfg.levels]
-        if not id_cfg.disambiguate:
-            return base, sizes
-        _, group_sizes = group_ids(base)
-        largest = int(group_sizes.max()) if group_sizes.size else 1
-        size = id_cfg.disambiguation_size or max(2, 2 * largest)
-        if size < largest:
-            raise ValueError(f"channel '{self.name}': disambiguation_size {size} < the largest collision group {largest}")
-        return np.concatenate([base, disambiguate(base)[:, None]], axis=1), sizes + [size]
 
     def _report(self, base: np.ndarray, ids: np.ndarray) -> dict:
         rep = code_report(base, tuple(self.levels), self.popularity_[ids])
@@ -326,7 +317,11 @@ class CobraChannel:
         self._grow(n + len(new))
         content = self.encoder_.transform(frame)
         base = self.quantizer_.encode(content)
-        codes = base if self.mode != "tiger" else np.concatenate([base, self._next_extra(base)[:, None]], axis=1)
+        if self.mode == "tiger":
+            extra = next_free_tokens(self.codes_[self.active_], base, self.sizes_[-1], self.name)
+            codes = np.concatenate([base, extra[:, None]], axis=1)
+        else:
+            codes = base
         self.codes_[ids] = codes
         self.active_[ids] = True
         feats = build_features(self.encoder_.tfidf(frame), content, frame.get("price"), self.price_edges_, ids,
@@ -350,19 +345,6 @@ class CobraChannel:
         if self.dense:
             self.item_raw_ = np.concatenate([self.item_raw_, np.zeros((extra, self.item_raw_.shape[1]), np.float32)])
             self.item_vecs_ = np.concatenate([self.item_vecs_, np.zeros((extra, self.item_vecs_.shape[1]), np.float32)])
-
-    def _next_extra(self, base: np.ndarray) -> np.ndarray:
-        """TIGER: the first free disambiguation token of each new base code."""
-        used: dict[tuple, int] = {}
-        for code in map(tuple, self.codes_[self.active_]):
-            used[code[:-1]] = max(used.get(code[:-1], -1), code[-1])
-        out = np.zeros(len(base), np.int64)
-        for i, code in enumerate(map(tuple, base)):
-            used[code] = out[i] = used.get(code, -1) + 1
-            if out[i] >= self.sizes_[-1]:
-                raise ValueError(f"channel '{self.name}': code {code} already holds {out[i]} items, the "
-                                 f"disambiguation level has {self.sizes_[-1]}; refit with a larger disambiguation_size")
-        return out
 
     # ---- persistence ----------------------------------------------------------------------
     def tokenizer_report(self) -> dict:

@@ -195,3 +195,32 @@ def code_report(codes: np.ndarray, sizes: tuple[int, ...], popularity: np.ndarra
     return out
 
 
+
+
+def with_disambiguation(base: np.ndarray, cfg: IdConfig, name: str) -> tuple[np.ndarray, list[int]]:
+    """The full codes and level sizes: `base` as is, or (TIGER, cfg.disambiguate) with the extra
+    token that makes every code unique, its level sized 2 x the largest collision group unless set."""
+    sizes = [int(s) for s in cfg.levels]
+    if not cfg.disambiguate:
+        return base, sizes
+    _, group_sizes = group_ids(base)
+    largest = int(group_sizes.max()) if group_sizes.size else 1
+    size = cfg.disambiguation_size or max(2, 2 * largest)
+    if size < largest:
+        raise ValueError(f"channel '{name}': disambiguation_size {size} < the largest collision group {largest}")
+    return np.concatenate([base, disambiguate(base)[:, None]], axis=1), sizes + [size]
+
+
+def next_free_tokens(codes: np.ndarray, base: np.ndarray, size: int, name: str) -> np.ndarray:
+    """TIGER, new items: the first free disambiguation token of each new base code, given the
+    full codes already in use (rows of `codes`, extra token last) and the level's size."""
+    used: dict[tuple, int] = {}
+    for code in map(tuple, codes):
+        used[code[:-1]] = max(used.get(code[:-1], -1), code[-1])
+    out = np.zeros(len(base), np.int64)
+    for i, code in enumerate(map(tuple, base)):
+        used[code] = out[i] = used.get(code, -1) + 1
+        if out[i] >= size:
+            raise ValueError(f"channel '{name}': code {code} already holds {out[i]} items, the "
+                             f"disambiguation level has {size}; refit with a larger disambiguation_size")
+    return out
