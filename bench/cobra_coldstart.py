@@ -109,6 +109,9 @@ def main(argv=None) -> int:
                                                 "item2item_cold_R@50": round(results["item2item"]["cold_R@50"], 4),
                                                 "cold_test_users": len(rows), "command": command,
                                                 "seconds": round(sum(seconds.values()), 1)})
+    record("amazon-beauty", "cobra_cold", {"R@10": round(results["cobra"]["cold_R@10"], 4),
+                                           "R@50": round(results["cobra"]["cold_R@50"], 4),
+                                           "users": len(rows), "command": command})
     return 0
 
 

@@ -74,6 +74,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from pipeline.batch import recommend, write
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out} exists; pass --overwrite to replace it")
+    frame, meta = recommend(args.run, args.users, args.k, now=args.now, batch_size=args.batch_size, use_ray=args.ray,
+                            ray_actors=args.actors)
+    write(frame, meta, args.out)
+    print(f"wrote {meta['rows']} rows for {meta['users']} users ({meta['unknown_users']} unknown) in {meta['seconds']:.1f} s "
+          f"({meta['users_per_s']:.0f} users/s, {meta['engine']}) -> {args.out}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from pipeline.quickstart import quickstart
 
@@ -204,6 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-cascade", action="store_true", help="channels only")
     e.add_argument("--out", default=None, help="report folder (None: <run>/eval-<stage>)")
     e.set_defaults(fn=cmd_evaluate)
+
+    b = _parser(sub, "recommend", "batch inference: every user's list through the run's cascade, to Parquet")
+    b.add_argument("--run", required=True, help="a run folder from `hybridrec train`")
+    b.add_argument("--users", default="all", help="'all', or a file of user ids (Parquet/CSV with user_id, or one per line)")
+    b.add_argument("--k", type=int, default=10, help="list length per user")
+    b.add_argument("--out", required=True, help="output Parquet file (user_id, rank, item_id, score, reasons)")
+    b.add_argument("--now", type=int, default=None, help="request time for every user, unix seconds (None: the clock)")
+    b.add_argument("--batch-size", type=int, default=512, help="users per cascade call")
+    b.add_argument("--ray", action="store_true", help="run the batches on Ray Data actors (same rows)")
+    b.add_argument("--actors", type=int, default=2, help="Ray Data actors with --ray (one CPU each)")
+    b.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    b.set_defaults(fn=cmd_recommend)
 
     q = _parser(sub, "quickstart", "the main job on the synthetic default: train, compare, serve one request")
     with_config(q, required=False)

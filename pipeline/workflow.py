@@ -26,7 +26,6 @@ from pipeline.artifacts import atomic_dir, atomic_write_json, new_run_dir, read_
 from pipeline.cascade import Cascade
 from pipeline.config import Config, ConfigError, DataConfig, parse_config
 from pipeline.data import Dataset, leave_one_out, load_dataset, shuffle_ties, synthesize, temporal_split
-from pipeline.pool import merge_pool
 from pipeline.protocols import FitData
 from pipeline.registry import (
     RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, check_components, import_object,
@@ -272,11 +271,7 @@ def ranker_class(cfg: Config) -> type:
 
 def retrieval_pools(cascade: Cascade):
     """batch -> the merged pools of `cascade`'s channels (retrieval and pool merge only)."""
-    def pools(batch):
-        outputs, _, _ = cascade.retrieve(batch)
-        order = cascade.channel_names + tuple(n for n in outputs if n not in cascade.channel_names)
-        return merge_pool(batch, outputs, cascade.pool_spec, order)
-    return pools
+    return cascade.pools
 
 
 def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int, features_config,

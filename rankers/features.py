@@ -8,7 +8,8 @@ ranker (the candidate tokens). Families, in `names` order:
 - request: history length, days since the last history item;
 - user x candidate (from the request's history, which is all before `now`): for each attribute
   (category, brand, full category path) the number and share of history items with the
-  candidate's value, how many items ago and how many days ago the last one was;
+  candidate's value, how many items ago (capped at 49; 50 = none) and how many days ago the last
+  one was;
 - item: interactions in the windows [now - w, now) (strictly before the request time), in total
   before now, days since the item was first and last seen before now (-1: never seen), price bucket
   and log price, category code;
@@ -33,6 +34,7 @@ from pipeline.types import PAD, CandidateSet, RequestBatch
 DAY = 86400.0
 ATTRIBUTES = ("category", "brand", "categories")  # item-table columns used for user x item counts
 FAR_DAYS = float(np.log1p(10000.0))  # "no such item in the history"
+NEVER_ITEMS = 50  # "items ago" of a value not in the history (the default 50-item window reaches 49)
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,9 @@ class CrossFeatures:
             has = count > 0
             t_last = batch.history_times[rows, width - 1 - ago]
             days = np.where(has, np.log1p(np.maximum(now - t_last, 0) / DAY), FAR_DAYS)
-            out += [np.log1p(count), count / lens, np.where(has, ago, width), days]
+            # none in the history: NEVER_ITEMS, a constant (it was the batch's padded width, so a row's
+            # features changed with the longest history batched beside it)
+            out += [np.log1p(count), count / lens, np.where(has, np.minimum(ago, NEVER_ITEMS - 1), NEVER_ITEMS), days]
         return np.stack(out, axis=1)
 
     def _item(self, items: np.ndarray, now: np.ndarray) -> np.ndarray:

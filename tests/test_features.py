@@ -33,12 +33,24 @@ def test_user_item_counts_and_recency():
     # candidate 3 (category b): one history item of b (item 2), 1 item ago, at day 2
     np.testing.assert_allclose(_col(block, "u_category_count"), np.log1p([1, 0, 0]), rtol=1e-6)
     np.testing.assert_allclose(_col(block, "u_category_share"), [1 / 3, 0, 0], rtol=1e-6)
-    np.testing.assert_allclose(_col(block, "u_category_items_ago"), [1, 3, 3])
+    np.testing.assert_allclose(_col(block, "u_category_items_ago"), [1, 50, 50])
     np.testing.assert_allclose(_col(block, "u_category_days_ago"), [np.log1p(8), FAR_DAYS, FAR_DAYS], rtol=1e-6)
     np.testing.assert_allclose(_col(block, "req_log_len"), np.log1p(3), rtol=1e-6)
     np.testing.assert_allclose(_col(block, "req_days_since_last"), np.log1p(7), rtol=1e-6)
     assert block.values.shape == (3, len(feats.names)) and block.values.dtype == np.float32
     assert block.offsets.tolist() == [0, 3]
+
+
+def test_a_rows_features_do_not_depend_on_its_batch_neighbours():
+    """Found by batch inference: 'items ago' of a value absent from the history was the batch's
+    padded width, so a user's scores changed with the longest history batched beside it."""
+    data = tiny_fit_data()
+    feats = CrossFeatures(("a", "b"), FeatureConfig(windows_days=(7,), attributes=("category",))).fit(data)
+    pool = _pool([3, 4, 5])
+    alone = feats.transform(batch_of([[0, 2]], now=[10 * DAY]), [pool]).values
+    beside = feats.transform(batch_of([[0, 2], [0, 1, 2, 3, 0, 1, 2]], now=[10 * DAY] * 2), [pool, pool]).values[:3]
+    np.testing.assert_array_equal(alone, beside)
+    np.testing.assert_allclose(_col(feats.transform(batch_of([[0, 2]], now=[10 * DAY]), [pool]), "u_category_items_ago"), [0, 50, 50])
 
 
 def test_item_popularity_counts_only_interactions_strictly_before_now():

@@ -47,7 +47,8 @@ def served(tmp_path_factory):
         raw = _cfg(free_port(), root / "logs", stub.url)
         url = app.start(run, parse_serve_config(raw))
         try:
-            yield {"url": url, "run": run, "view": view, "raw": raw, "logs": root / "logs", "recall": recall_items}
+            yield {"url": url, "run": run, "view": view, "raw": raw, "logs": root / "logs", "recall": recall_items,
+                   "stub": stub}
         finally:
             app.stop()
 
@@ -176,6 +177,83 @@ def test_replay_logs_feedback_and_ab_report(served):
     for e in rep["arms"].values():
         assert e["ctr_ci"][0] <= e["ctr"] <= e["ctr_ci"][1]
     assert "vs_control" in rep["arms"]["no-recall"] and "CTR" in format_report(rep)
+
+
+def test_served_lists_equal_the_in_process_cascade_for_200_requests(served):
+    """One orchestrator: the HTTP answer and `Cascade.run` on the same state give the same list,
+    degraded cases included (the recall backend failing for some users, unknown items, anonymous
+    requests, both arms)."""
+    import numpy as np
+
+    from pipeline.cascade import Cascade
+    from pipeline.serving.api import RecommendRequest
+    from pipeline.serving.history import LocalStore
+    from pipeline.serving.service import IngressState, resolve
+
+    view_cfg = parse_serve_config(served["raw"])
+    view = RunView.open(served["run"], view_cfg.extra_channels)
+    state = IngressState.build(view, view_cfg, with_logs=False)
+    channels = {n: view.load_channel(n) for n in view.channel_configs()}
+    cascades = {
+        name: Cascade([channels[c] for c in plan.channels], plan.quotas, ranker=view.build_ranker(plan.ranker),
+                      reranker=view.build_reranker(plan.rerank), budget=plan.budget, exclude_seen=plan.exclude_seen,
+                      max_history=state.max_history, fallback=state.fallback)
+        for name, plan in state.arms.plans.items()
+    }
+    users, items = view.dataset.user_ids, view.dataset.item_ids
+    rng = np.random.default_rng(3)
+    failing = {str(u) for u in users[::2]}
+    served["stub"].per_user.update({u: {"status": 500} for u in failing})
+    bodies = []
+    for n in range(200):
+        kind = n % 5
+        body = {"k": int(rng.integers(1, 30)), "now": 1_900_000_000 + n}
+        if kind in (0, 1, 2):
+            body["user_id"] = str(users[int(rng.integers(len(users)))])
+        if kind in (1, 3):
+            body["history"] = [str(i) for i in rng.choice(items, size=int(rng.integers(1, 4)))] + (["nope"] if kind == 3 else [])
+        if kind == 2:
+            body["arm"] = "no-recall"
+        bodies.append(body)
+    degraded_seen = retried = 0
+    store = LocalStore(Path(served["run"]) / "serve_history")  # what the history deployment holds (read only here)
+    try:
+        with requests.Session() as s:
+            for body in bodies:
+                req = RecommendRequest.model_validate(body)
+                plan = state.arms.assign(req.user_id, req.arm)
+                recent = store.recent(req.user_id, state.max_history) if req.user_id else None  # clicks of earlier tests
+                res = cascades[plan.name].run(resolve(req, state, recent=recent).batch, req.k)
+                for _ in range(3):  # a stage past its time budget on a busy machine is load, not logic: ask again
+                    got = s.post(f"{served['url']}/recommend", json=body, timeout=30).json()
+                    if got["degraded"] == res.degraded:
+                        break
+                    retried += 1
+                want = items[res.final[0].items[: req.k]].astype(str).tolist()
+                assert got["arm"] == plan.name
+                assert [i["item_id"] for i in got["items"]] == want, body
+                assert got["degraded"] == res.degraded and got["fallback"] == bool(res.fallback[0]), body
+                degraded_seen += bool(res.degraded)
+    finally:
+        served["stub"].per_user.clear()
+        store.close()
+    assert degraded_seen >= 10  # the degraded paths were compared too, not only the healthy one
+    assert retried <= 20
+
+
+def test_an_event_posted_is_in_the_very_next_recommendation(served):
+    """Live history through the served app: the history deployment holds the store every ingress
+    replica reads, so the next request (whichever replica answers it) sees the event."""
+    view, url = served["view"], served["url"]
+    user = str(view.dataset.user_ids[11])
+    with requests.Session() as s:
+        base = s.post(f"{url}/recommend", json={"user_id": user, "k": 10, "arm": "no-recall"}).json()["history_used"]
+        for n, item in enumerate(view.dataset.item_ids[40:45]):
+            answer = s.post(f"{url}/events", json={"events": [{"user_id": user, "item_id": str(item), "time": 2_000_000_000 + n}]})
+            assert answer.status_code == 202 and answer.json()["accepted"] == 1
+            got = s.post(f"{url}/recommend", json={"user_id": user, "k": 10, "arm": "no-recall"}).json()
+            assert got["history_used"] == min(base + n + 1, view.config.data.max_history) and got["degraded"] == []
+            assert str(item) not in [i["item_id"] for i in got["items"]]
 
 
 def test_faults_degrade_within_budget_and_recover(served):

@@ -38,6 +38,8 @@ class RecommendRequest(Strict):
         default_factory=dict, max_length=LIMITS.max_context_keys
     )
     arm: Annotated[StrictStr, Field(min_length=1, max_length=64)] | None = None  # force an A/B arm
+    # the request's time in unix seconds (replays, comparisons with batch runs); default: the server's clock
+    now: StrictInt | None = Field(None, ge=0, le=2**40)
 
     @field_validator("user_id", mode="after")
     @classmethod
@@ -85,6 +87,33 @@ class FeedbackRequest(Strict):
         return None if v is None else str(v)
 
 
+class EventIn(Strict):
+    """One interaction: who did what, when. `event_id` makes a retry idempotent (default: a digest
+    of user, item, time and type, so the same event sent twice is stored once)."""
+
+    user_id: Id
+    item_id: Id
+    time: StrictInt | None = Field(None, ge=0, le=2**40)  # unix seconds; default: the server's clock
+    type: Annotated[StrictStr, Field(pattern=r"^[a-z_]{1,32}$")] = "interaction"
+    value: Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt | None = None
+    event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+
+    @field_validator("user_id", "item_id", mode="after")
+    @classmethod
+    def _as_str(cls, v: str | int) -> str:
+        return str(v)
+
+
+class EventsRequest(Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=LIMITS.max_events)
+
+
+class EventsResponse(BaseModel):
+    accepted: int  # stored now
+    duplicates: int  # already stored (same event id)
+    unknown_items: list[str]  # item ids the served run does not know: stored, not used until a run knows them
+
+
 class FeedbackResponse(BaseModel):
     accepted: bool
 
@@ -118,7 +147,7 @@ def _id_type(max_length: int):
     return Annotated[StrictStr, Field(min_length=1, max_length=max_length)] | Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
-def request_models(limits: Limits) -> tuple[type[RecommendRequest], type[FeedbackRequest]]:
+def request_models(limits: Limits) -> tuple[type[RecommendRequest], type[FeedbackRequest], type[EventsRequest]]:
     """The request models with a server's configured limits in their schema (and so in its
     OpenAPI document): raising `limits.max_k` in the serving config lets larger k through, and a
     smaller one refuses it with a 422 naming the field."""
@@ -132,4 +161,7 @@ def request_models(limits: Limits) -> tuple[type[RecommendRequest], type[Feedbac
                  Field(default_factory=dict, max_length=limits.max_context_keys)),
     )
     feedback = create_model("FeedbackRequest", __base__=FeedbackRequest, item_id=(ident, ...), user_id=(ident | None, None))
-    return recommend, feedback
+    event = create_model("EventIn", __base__=EventIn, user_id=(ident, ...), item_id=(ident, ...))
+    events = create_model("EventsRequest", __base__=EventsRequest,
+                          events=(list[event], Field(min_length=1, max_length=limits.max_events)))
+    return recommend, feedback, events

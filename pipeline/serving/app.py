@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import ray
+from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 from ray.serve import Application
 
 from pipeline.config import ConfigError
-from pipeline.serving.config import DeploymentConfig, ServeConfig
-from pipeline.serving.deployments import ChannelDeployment, Ingress, RankerDeployment, RerankDeployment
+from pipeline.resources import SERVING_CONFIG
+from pipeline.serving.config import DeploymentConfig, ServeConfig, load_serve_config
+from pipeline.serving.deployments import ChannelDeployment, HistoryDeployment, Ingress, RankerDeployment, RerankDeployment
 from pipeline.serving.runview import RunView
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,14 @@ LOCAL_ENV = {
 
 
 def _options(d: DeploymentConfig, cfg: ServeConfig, name: str, **extra: Any) -> dict[str, Any]:
+    actor: dict[str, Any] = {"num_cpus": d.num_cpus} | ({"num_gpus": d.num_gpus} if d.num_gpus else {})
+    scale: dict[str, Any] = {"num_replicas": d.replicas}
+    if d.autoscaling is not None:
+        scale = {"num_replicas": "auto", "autoscaling_config": d.autoscaling.model_dump()}
     return dict(
-        name=name, num_replicas=d.replicas, max_ongoing_requests=d.max_ongoing_requests,
-        ray_actor_options={"num_cpus": d.num_cpus}, graceful_shutdown_wait_loop_s=cfg.shutdown.graceful_wait_s,
-        graceful_shutdown_timeout_s=cfg.shutdown.graceful_timeout_s, **extra,
+        name=name, max_ongoing_requests=d.max_ongoing_requests, ray_actor_options=actor,
+        graceful_shutdown_wait_loop_s=cfg.shutdown.graceful_wait_s,
+        graceful_shutdown_timeout_s=cfg.shutdown.graceful_timeout_s, **scale, **extra,
     )
 
 
@@ -84,7 +90,9 @@ def code_version(raw: dict[str, Any]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _versioned(deployment: Any, version: str) -> Any:
+def _versioned(deployment: Any, version: str | None) -> Any:
+    if version is None:
+        return deployment
     # Serve's Python API gives every deploy a random version (so every update restarts every
     # replica); the version is still settable internally, which is what config-file deploys use.
     try:
@@ -93,10 +101,13 @@ def _versioned(deployment: Any, version: str) -> Any:
         return deployment
 
 
-def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = None) -> Application:
+def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = None, pin_versions: bool = True) -> Application:
+    """The application. `pin_versions` (the `hybridrec serve` path) sets each deployment's version
+    from the config and code, so a rolling update to a new run reconfigures replicas in place;
+    Serve's own tooling (`app` below, config files) versions deployments itself."""
     view = view or check(run_path, cfg)
     raw = _init_args(cfg)
-    version = code_version(raw)
+    version = code_version(raw) if pin_versions else None
     run = {"run": str(Path(run_path).resolve()), "stamp": f"{view.manifest.get('created')}|{view.fingerprint}"}
 
     def opts(d: DeploymentConfig, name: str, **user: Any) -> dict[str, Any]:
@@ -109,15 +120,48 @@ def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = Non
     }
     ranker = _versioned(RankerDeployment.options(**opts(cfg.ranker, "ranker")), version).bind(raw)
     reranker = _versioned(RerankDeployment.options(**opts(cfg.reranker, "reranker")), version).bind(raw)
+    history = None
+    if cfg.history.backend != "off":
+        history = _versioned(HistoryDeployment.options(**opts(cfg.history, "history")), version).bind(raw)
     ingress = _versioned(Ingress.options(**opts(cfg.ingress, "ingress")), version)
-    return ingress.bind(raw, channels, ranker, reranker)
+    return ingress.bind(raw, channels, ranker, reranker, history)
 
 
-def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
+class AppArgs(BaseModel):
+    """The arguments of the application builder (`serve run pipeline.serving.app:app run=DIR`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str  # a run folder from `hybridrec train`
+    config: str | None = None  # serving config YAML (None: configs/serving.yaml when present, else defaults)
+
+
+def app(args: AppArgs | dict[str, Any]) -> Application:
+    """Application builder for Ray Serve's tooling: `serve run`, `serve build`, `serve deploy` and
+    KubeRay's RayService start the same deployments as `hybridrec serve` (docs/serving.md). The
+    HTTP host/port and Ray settings of the serving config do not apply there: the Serve config
+    file's `http_options` and the cluster decide."""
+    try:  # Serve hands a dict over (it reads the annotation as a string under postponed annotations)
+        args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    except ValidationError as err:
+        raise ConfigError(f"application args: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}; "
+                          "expected run=<run folder> [config=<serving YAML>]") from None
+    path = args.config if args.config is not None else (str(SERVING_CONFIG) if SERVING_CONFIG.is_file() else None)
+    cfg = load_serve_config(path)
+    init_ray_env(cfg)
+    return build_app(args.run, cfg, pin_versions=False)
+
+
+def init_ray_env(cfg: ServeConfig) -> None:
+    """Replicas import the project and see the serving config's environment."""
     for key, value in {**LOCAL_ENV, **cfg.ray.env}.items():
         os.environ.setdefault(key, value)
     paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # replicas import the project
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+
+
+def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
+    init_ray_env(cfg)
     if not log_to_driver:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if ray.is_initialized():
@@ -132,10 +176,15 @@ def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
 
 
 def cpu_demand(cfg: ServeConfig, channels: Iterable[str]) -> dict[str, float]:
-    """CPUs each deployment reserves (replicas x num_cpus), by deployment name."""
-    demand = {f"channel-{name}": cfg.channel(name).replicas * cfg.channel(name).num_cpus for name in channels}
+    """CPUs each deployment reserves at start (replicas, or autoscaling's min_replicas, x num_cpus)."""
+    def need(d: DeploymentConfig) -> float:
+        return (d.autoscaling.min_replicas if d.autoscaling is not None else d.replicas) * d.num_cpus
+
+    demand = {f"channel-{name}": need(cfg.channel(name)) for name in channels}
     for name, d in (("ranker", cfg.ranker), ("reranker", cfg.reranker), ("ingress", cfg.ingress)):
-        demand[name] = d.replicas * d.num_cpus
+        demand[name] = need(d)
+    if cfg.history.backend != "off":
+        demand["history"] = need(cfg.history)
     return demand
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.config import StageConfig
 from pipeline.serving.ab import ArmTable
 from pipeline.serving.config import ServeConfig
+from pipeline.serving.history import Event, open_store
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import StaleRun
 from pipeline.types import CandidateSet, RequestBatch, Retrieved
@@ -168,6 +169,17 @@ class LocalBackends:
         self.channels = {name: ChannelComponent(view, name) for name in view.channel_configs()}
         self.ranker = RankerComponent(view, cfg)
         self.reranker = RerankComponent(view, cfg)
+        self.store = open_store(cfg.history, view.path)
+
+    async def history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
+        return self.store.recent(user_id, limit)
+
+    async def add_events(self, events: list[Event]) -> tuple[int, int]:
+        return self.store.add(events)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
 
     async def retrieve(self, channel: str, batch: RequestBatch, k: int, run: str | None = None) -> Retrieved:
         return await self.channels[channel].aretrieve(batch, k, run)

@@ -6,7 +6,7 @@ imports ray: the config is checked (and arms resolved against a run) before a cl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -38,6 +38,23 @@ class Limits(Strict):
     max_body_bytes: int = Field(65536, ge=1024)
     max_context_keys: int = Field(16, ge=0)
     max_id_length: int = Field(256, ge=1)
+    max_events: int = Field(1000, ge=1, le=100000)  # events per POST /events
+
+
+class Autoscaling(Strict):
+    """Ray Serve's autoscaling_config for one deployment (replaces the fixed `replicas`)."""
+
+    min_replicas: int = Field(1, ge=0, le=64)
+    max_replicas: int = Field(2, ge=1, le=64)
+    target_ongoing_requests: float = Field(2.0, gt=0.0)
+    upscale_delay_s: float = Field(30.0, ge=0.0)
+    downscale_delay_s: float = Field(600.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Autoscaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"autoscaling: min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
 
 
 class DeploymentConfig(Strict):
@@ -45,8 +62,10 @@ class DeploymentConfig(Strict):
 
     replicas: int = Field(1, ge=1, le=64)
     num_cpus: float = Field(0.25, ge=0.0, le=64.0)
+    num_gpus: float = Field(0.0, ge=0.0, le=16.0)  # e.g. 0.5 for a two-tower / COBRA channel on a GPU node
     max_ongoing_requests: int = Field(32, ge=1, le=10000)
     threads: int = Field(1, ge=1, le=64)  # torch / faiss / BLAS threads inside the replica
+    autoscaling: Autoscaling | None = None  # None: `replicas` fixed replicas
 
 
 class FaultConfig(Strict):
@@ -65,6 +84,26 @@ class BatchedDeploymentConfig(DeploymentConfig):
     budget_ms: float = Field(200.0, gt=0.0, le=60000.0)
     max_batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.002, ge=0.0, le=1.0)
+
+
+class HistoryConfig(DeploymentConfig):
+    """The live history store (POST /events) and its deployment (every ingress replica calls it)."""
+
+    backend: Literal["local", "redis", "off"] = "local"
+    dir: str | None = None  # local backend folder (None: <first served run>/serve_history); keep it across runs
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = Field("hybridrec", min_length=1, max_length=64)  # Redis key prefix
+    timeout_ms: float = Field(200.0, gt=0.0, le=60000.0)  # Redis socket timeout
+    budget_ms: float = Field(50.0, gt=0.0, le=60000.0)  # a /recommend waits this long for the stored events
+    snapshot_every: int = Field(10000, ge=1)
+    num_cpus: float = Field(0.1, ge=0.0, le=64.0)
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> "HistoryConfig":
+        if self.backend == "local" and (self.replicas > 1 or self.autoscaling is not None):
+            raise ValueError("history: the local backend is one process's folder, so it runs one replica; "
+                             "use backend: redis to scale it")
+        return self
 
 
 class IngressConfig(DeploymentConfig):
@@ -116,6 +155,7 @@ class ServeConfig(Strict):
     channels: dict[str, ChannelDeploymentConfig] = {}  # per channel name, replaces the defaults
     ranker: BatchedDeploymentConfig = BatchedDeploymentConfig()
     reranker: BatchedDeploymentConfig = BatchedDeploymentConfig(max_batch_size=1)
+    history: HistoryConfig = HistoryConfig()
     extra_channels: list[ChannelConfig] = []  # e.g. an `http` channel added at serve time
     experiment: ExperimentConfig | None = None
     logging: LogConfig = LogConfig()

@@ -18,6 +18,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from pipeline.serving.components import ChannelComponent, Fault, RankerComponent, RerankComponent
 from pipeline.serving.config import ServeConfig
+from pipeline.serving.history import Event, open_store
 from pipeline.serving.routes import create_app
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import IngressState, RecommendService
@@ -100,6 +101,33 @@ class RerankDeployment(_Reloading):
         return self.component.rerank_many(arms, batches, pools, ks, runs)
 
 
+@serve.deployment
+class HistoryDeployment:
+    """The live history store (`pipeline.serving.history`) for every ingress replica: one replica
+    owning a local folder, or any number in front of Redis. Opened once, at the first run it is
+    given: a rolling update to a new run keeps the same store (events are keyed by original ids)."""
+
+    def __init__(self, serve_cfg: dict[str, Any]) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.store = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        if self.store is None:
+            self.store = await asyncio.to_thread(open_store, self.cfg.history, user_config["run"])
+
+    async def recent(self, user_id: str, limit: int) -> list[tuple[int, str]]:
+        if self.cfg.history.backend == "local":  # in memory
+            return self.store.recent(user_id, limit)
+        return await asyncio.to_thread(self.store.recent, user_id, limit)
+
+    async def add(self, events: list[Event]) -> tuple[int, int]:
+        return await asyncio.to_thread(self.store.add, events)  # fsync / network: off the event loop
+
+    def __del__(self) -> None:
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+
+
 async def _await(response: DeploymentResponse) -> Any:
     """Await a handle call; if the caller gives up (budget), cancel the call too."""
     try:
@@ -119,13 +147,21 @@ def _transport(handle: DeploymentHandle, grpc: bool) -> DeploymentHandle:
 class HandleBackends:
     """`service.Backends` over deployment handles."""
 
-    def __init__(self, channels: dict[str, DeploymentHandle], ranker: DeploymentHandle, reranker: DeploymentHandle) -> None:
+    def __init__(self, channels: dict[str, DeploymentHandle], ranker: DeploymentHandle, reranker: DeploymentHandle,
+                 history: DeploymentHandle | None = None) -> None:
         # handles are built in the driver, with its defaults; this replica's environment decides
         # (ray.env in the serving config): gRPC between deployments, or Ray object references
         grpc = os.environ.get("RAY_SERVE_USE_GRPC_BY_DEFAULT") == "1"
         self.channels = {name: _transport(h, grpc) for name, h in channels.items()}
         self.ranker = _transport(ranker, grpc)
         self.reranker = _transport(reranker, grpc)
+        self.store = history
+
+    async def history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
+        return await _await(self.store.recent.remote(user_id, limit))
+
+    async def add_events(self, events: list[Event]) -> tuple[int, int]:
+        return await _await(self.store.add.remote(events))
 
     async def retrieve(self, channel: str, batch: RequestBatch, k: int, run: str) -> Retrieved:
         return await _await(self.channels[channel].retrieve.remote(batch, k, run))
@@ -142,10 +178,10 @@ class HandleBackends:
 class Ingress:
     def __init__(
         self, serve_cfg: dict[str, Any], channels: dict[str, DeploymentHandle], ranker: DeploymentHandle,
-        reranker: DeploymentHandle,
+        reranker: DeploymentHandle, history: DeploymentHandle | None = None,
     ) -> None:
         self.cfg = ServeConfig.model_validate(serve_cfg)
-        self.service = RecommendService(None, HandleBackends(channels, ranker, reranker), self.cfg)
+        self.service = RecommendService(None, HandleBackends(channels, ranker, reranker, history), self.cfg)
         self.loaded: tuple[str, str] | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.serving.api import (
-    ChannelsResponse, ErrorResponse, FeedbackRequest, FeedbackResponse, Health, RecommendRequest, RecommendResponse,
-    request_models,
+    ChannelsResponse, ErrorResponse, EventsRequest, EventsResponse, FeedbackRequest, FeedbackResponse, Health,
+    RecommendRequest, RecommendResponse, request_models,
 )
 from pipeline.serving.metrics import CONTENT_TYPE
 from pipeline.serving.service import BadRequest, RecommendService
@@ -52,7 +52,7 @@ def _error(status: int, error: str, detail: list[str] | None = None) -> JSONResp
     return JSONResponse(status_code=status, content={"error": error, "detail": detail or []})
 
 
-ROUTES = ("/recommend", "/feedback", "/healthz", "/channels", "/metrics")
+ROUTES = ("/recommend", "/events", "/feedback", "/healthz", "/channels", "/metrics")
 
 
 class Guard:
@@ -114,7 +114,10 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BadRequest)
     async def refused(_: Request, err: BadRequest) -> JSONResponse:
-        return _error(err.status, err.message)
+        response = _error(err.status, err.message)
+        if err.retry_after_s is not None:
+            response.headers["Retry-After"] = str(err.retry_after_s)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -132,7 +135,7 @@ def create_app(service: RecommendService, max_body_bytes: int) -> FastAPI:
     started = time.time()
     _handlers(app)
 
-    recommend_model, feedback_model = request_models(service.cfg.limits)  # the configured limits
+    recommend_model, feedback_model, events_model = request_models(service.cfg.limits)  # the configured limits
 
     async def recommend(body: RecommendRequest) -> Response:
         """Top-k items for a user id and/or a recent history, with scores, reasons, arm, timings."""
@@ -141,10 +144,18 @@ def create_app(service: RecommendService, max_body_bytes: int) -> FastAPI:
 
     async def feedback(body: FeedbackRequest) -> FeedbackResponse:
         """Record a click (or another event) on a served list, joined later by request_id."""
-        return FeedbackResponse(accepted=service.feedback(body))
+        return FeedbackResponse(accepted=await service.feedback(body))
+
+    async def events(body: EventsRequest) -> EventsResponse:
+        """Append interactions (one or many) to the live history; the user's next /recommend reads
+        them. Idempotent by event id; 503 with Retry-After when the store is down (nothing stored)."""
+        return await service.events(body)
 
     recommend.__annotations__["body"] = recommend_model  # the models built for this server's limits
     feedback.__annotations__["body"] = feedback_model
+    events.__annotations__["body"] = events_model
+    app.post("/events", response_model=EventsResponse, status_code=202,
+             responses=ERRORS | {503: {"model": ErrorResponse, "description": "History store unavailable"}})(events)
     app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)(recommend)
     app.post("/feedback", response_model=FeedbackResponse, status_code=202, responses=ERRORS)(feedback)
 

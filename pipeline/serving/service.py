@@ -1,5 +1,6 @@
-"""The ingress logic as plain async Python: resolve ids, pick the arm, fan out to the channels under
-their time budgets, merge the pool, rank, re-rank, answer and log.
+"""The ingress logic as plain async Python: check limits, resolve ids, pick the arm, run the
+cascade's steps (`pipeline.orchestrator`, the same code `Cascade` runs in process) on the stages
+under the serving config's time budgets, answer and log.
 
 It talks to the stages through `Backends` (three async methods). Behind Ray Serve they call
 deployment handles (`pipeline.serving.deployments`); `LocalBackends` calls the same plain
@@ -14,33 +15,37 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.cascade import anonymous_rows
-from pipeline.pool import PoolSpec, merge_pool
+from pipeline import orchestrator
+from pipeline.orchestrator import Budgets, Plan, StageResult
+from pipeline.pool import PoolSpec
 from pipeline.protocols import Channel
 from pipeline.serving.ab import ArmPlan, ArmTable, UnknownArm
-from pipeline.serving.api import ChannelInfo, ChannelsResponse, FeedbackRequest, Item, RecommendRequest, RecommendResponse
+from pipeline.serving.api import (
+    ChannelInfo, ChannelsResponse, EventsRequest, EventsResponse, FeedbackRequest, Item, RecommendRequest, RecommendResponse,
+)
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.eventlog import EventLog
+from pipeline.serving.history import Event
 from pipeline.serving.metrics import Metrics
 from pipeline.serving.runview import Histories, IdMaps, RunView
-from pipeline.types import PAD, CandidateSet, RequestBatch, Retrieved
-from rerank.passthrough import PassThroughReRanker
+from pipeline.types import CandidateSet, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 
 
 class BadRequest(ValueError):
-    """A request the service refuses, with the HTTP status to answer."""
+    """A request the service refuses, with the HTTP status to answer (and, for a 503, when to retry)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after_s = retry_after_s
 
 
 class StaleRun(RuntimeError):
@@ -56,6 +61,14 @@ class Backends(Protocol):
     async def score(self, arm: str, batch: RequestBatch, pool: CandidateSet, run: str) -> np.ndarray | None: ...
 
     async def rerank(self, arm: str, batch: RequestBatch, pool: CandidateSet, k: int, run: str) -> CandidateSet | None: ...
+
+    async def history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
+        """The user's last stored events (time, original item id), oldest first."""
+        ...
+
+    async def add_events(self, events: list[Event]) -> tuple[int, int]:
+        """Store events; (accepted, duplicates). Raises if the store cannot take them."""
+        ...
 
 
 @dataclass
@@ -113,11 +126,20 @@ class IngressState:
                 event_log.close(timeout=2.0)
 
 
-def resolve(req: RecommendRequest, state: IngressState, now: int | None = None) -> Resolved:
-    """Original ids -> dense ids; the user's stored history with the sent items appended."""
+def resolve(req: RecommendRequest, state: IngressState, now: int | None = None,
+            recent: list[tuple[int, str]] | None = None) -> Resolved:
+    """Original ids -> dense ids; the user's trained history, then the events stored since
+    (`recent`, items the run does not know skipped), then the sent items."""
     user = state.maps.user_index.get(req.user_id) if req.user_id is not None else None
     items, times = (state.histories.of_user(user) if user is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
-    now = int(time.time()) if now is None else now
+    if recent:
+        known = [(t, state.maps.item_index[i]) for t, i in recent if i in state.maps.item_index]
+        if known:
+            times = np.concatenate([times, np.array([t for t, _ in known], np.int64)])
+            items = np.concatenate([items, np.array([d for _, d in known], np.int64)])
+            order = np.argsort(times, kind="stable")
+            items, times = items[order], times[order]
+    now = now if now is not None else req.now if req.now is not None else int(time.time())
     now = max(now, int(times[-1]) if len(times) else 0)
     sent = [state.maps.item_index.get(i) for i in req.history]
     ignored = [i for i, d in zip(req.history, sent) if d is None]
@@ -130,16 +152,29 @@ def resolve(req: RecommendRequest, state: IngressState, now: int | None = None) 
     return Resolved(batch, user, ignored)
 
 
-@dataclass
-class Turn:
-    """One request in flight: the state it started with (kept even if a new run is swapped in
-    meanwhile), its arm, batch, and what it collects."""
+class ArmStages:
+    """`orchestrator.Stages` for one request: the backends, with its arm and the state's data
+    fingerprint bound (a stage loaded from other data answers None or raises StaleRun)."""
 
-    state: IngressState
-    plan: ArmPlan
-    batch: RequestBatch
-    degraded: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    def __init__(self, backends: Backends, arm: str, run: str) -> None:
+        self.backends, self.arm, self.run = backends, arm, run
+
+    async def retrieve(self, channel: str, batch: RequestBatch, k: int) -> Retrieved:
+        return await self.backends.retrieve(channel, batch, k, self.run)
+
+    async def score(self, batch: RequestBatch, pools: list[CandidateSet]) -> list[np.ndarray] | None:
+        if len(pools) != 1:
+            raise ValueError("the ingress sends one request's pool at a time")
+        scores = await self.backends.score(self.arm, batch, pools[0], self.run)
+        return None if scores is None else [scores]
+
+    async def rerank(self, batch: RequestBatch, pools: list[CandidateSet], k: int) -> list[CandidateSet] | None:
+        final = await self.backends.rerank(self.arm, batch, pools[0], k, self.run)
+        return None if final is None else [final]
+
+
+def plan_of(plan: ArmPlan) -> Plan:
+    return Plan(plan.channels, PoolSpec(plan.quotas, plan.budget, plan.exclude_seen))
 
 
 class RecommendService:
@@ -148,7 +183,6 @@ class RecommendService:
         self.backends = backends
         self.cfg = cfg
         self.metrics = metrics or Metrics()
-        self.passthrough = PassThroughReRanker()
 
     def swap(self, state: IngressState) -> IngressState | None:
         """Serve a new run from now on; requests already running finish on the old state."""
@@ -160,6 +194,15 @@ class RecommendService:
             raise BadRequest(503, "the service is loading its run; retry shortly")
         return self.state
 
+    def budgets(self, plan: ArmPlan) -> Budgets:
+        return Budgets({n: self.cfg.channel(n).budget_ms for n in plan.channels},
+                       self.cfg.ranker.budget_ms, self.cfg.reranker.budget_ms)
+
+    async def run(self, state: IngressState, plan: ArmPlan, batch: RequestBatch, k: int) -> StageResult:
+        """The cascade's steps for one resolved request, on the backends."""
+        return await orchestrator.run(ArmStages(self.backends, plan.name, state.fingerprint), plan_of(plan), batch, k,
+                                      fallback=state.fallback, budgets=self.budgets(plan), concurrent=True)
+
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         t0 = time.perf_counter()
         self._check_limits(req)
@@ -168,22 +211,20 @@ class RecommendService:
             plan = state.arms.assign(req.user_id, req.arm)
         except UnknownArm as err:
             raise BadRequest(422, str(err)) from None
-        res = resolve(req, state)
-        turn = Turn(state, plan, res.batch)
-        # an anonymous request (no user id, no history) gives the channels nothing to read: popularity answers
-        outputs = {} if anonymous_rows(res.batch)[0] else await self._retrieve(turn)
-        fallback = not outputs
-        if fallback:
-            outputs = self._fallback(turn, plan.budget)
-            self.metrics.fallback.inc()
+        recent, store_down = await self._recent(req.user_id, state)
+        res = resolve(req, state, recent=recent)
         t1 = time.perf_counter()
-        order = plan.channels + tuple(n for n in outputs if n not in plan.channels)
-        pool = merge_pool(res.batch, outputs, PoolSpec(plan.quotas, plan.budget, plan.exclude_seen), order)[0]
-        t2 = time.perf_counter()
-        final = await self._rank_and_rerank(turn, pool, req.k)
-        items, scores, reasons = self._backfill(turn, final, req.k)
-        turn.timings.update(retrieve=(t1 - t0) * 1e3, pool=(t2 - t1) * 1e3, total=(time.perf_counter() - t0) * 1e3)
-        return self._respond(req, res, turn, items, scores, reasons, fallback)
+        out = await self.run(state, plan, res.batch, req.k)
+        if store_down:
+            out.degraded.insert(0, "history_store")
+        fallback = bool(out.fallback[0]) if out.fallback is not None else False
+        if fallback:
+            self.metrics.fallback.inc()
+        for name in out.degraded:
+            self.metrics.degraded.labels(name, out.reasons.get(name, "error")).inc()
+        out.timings_ms["resolve"] = (t1 - t0) * 1e3
+        out.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return self._respond(req, res, state, plan, out, fallback)
 
     async def warmup(self, max_rounds: int = 20) -> int:
         """Send anonymous requests of each arm through every stage (opens the handles' routes, and
@@ -193,19 +234,62 @@ class RecommendService:
         batch = RequestBatch.from_sequences([None], [np.zeros(0, np.int64)], now=[int(time.time())])
         for n in range(1, max_rounds + 1):
             degraded: list[str] = []
+            if self.cfg.history.backend != "off":
+                degraded += ["history_store"] if (await self._recent("\x00warm-up", state))[1] else []
             for plan in state.arms.plans.values():
-                turn = Turn(state, plan, batch)
-                outputs = await self._retrieve(turn) or {state.fallback.name: state.fallback.retrieve(batch, plan.budget)}
-                pool = merge_pool(batch, outputs, PoolSpec(plan.quotas, plan.budget, plan.exclude_seen))[0]
-                await self._rank_and_rerank(turn, pool, 10)
-                degraded += turn.degraded
+                stages = ArmStages(self.backends, plan.name, state.fingerprint)
+                degraded += await orchestrator.touch(stages, plan_of(plan), batch, 10, self.budgets(plan))
             if not degraded and n > 1:
                 return n
         return max_rounds
 
-    def feedback(self, fb: FeedbackRequest) -> bool:
-        """Log a click (or other event) on a served list; False when the log is off or full."""
+    async def _recent(self, user_id: str | None, state: IngressState) -> tuple[list[tuple[int, str]], bool]:
+        """(the user's stored events, whether the store failed): a store that is down or slow
+        leaves the trained history, flagged."""
+        if user_id is None or self.cfg.history.backend == "off":
+            return [], False
+        try:
+            call = self.backends.history(user_id, state.max_history)
+            return list(await asyncio.wait_for(call, self.cfg.history.budget_ms / 1e3)), False
+        except Exception as err:  # outage or timeout: degrade, never fail the request
+            log.warning("history store unavailable for a request: %s: %s", type(err).__name__, err)
+            self.metrics.degraded.labels("history_store", "timeout" if isinstance(err, asyncio.TimeoutError) else "error").inc()
+            return [], True
+
+    async def events(self, body: EventsRequest) -> EventsResponse:
+        """Append interactions to the history store; the user's next request reads them."""
         state = self.current()
+        if self.cfg.history.backend == "off":
+            raise BadRequest(404, "this server keeps no live history (history.backend: off in its serving config)")
+        now = int(time.time())
+        events = [Event(e.user_id, e.item_id, e.time if e.time is not None else now, e.type,
+                        None if e.value is None else float(e.value), e.event_id or "") for e in body.events]
+        unknown = sorted({e.item_id for e in events if e.item_id not in state.maps.item_index})
+        accepted, duplicates = await self._store(events)
+        m = self.metrics.events
+        m.labels("accepted").inc(accepted)
+        m.labels("duplicate").inc(duplicates)
+        m.labels("unknown_item").inc(sum(e.item_id in set(unknown) for e in events))
+        return EventsResponse(accepted=accepted, duplicates=duplicates, unknown_items=unknown)
+
+    async def _store(self, events: list[Event]) -> tuple[int, int]:
+        try:
+            return await asyncio.wait_for(self.backends.add_events(events), self.cfg.history.timeout_ms / 1e3 + 1.0)
+        except Exception as err:  # never acknowledged, so the client may retry (ids make it idempotent)
+            log.warning("history store refused %d events: %s: %s", len(events), type(err).__name__, err)
+            self.metrics.events.labels("refused").inc(len(events))
+            raise BadRequest(503, "the history store is unavailable; nothing was stored, retry later", retry_after_s=1) from None
+
+    async def feedback(self, fb: FeedbackRequest) -> bool:
+        """Log a click (or other event) on a served list, and add it to the user's live history
+        when a user id is given; False when the log is off or full."""
+        state = self.current()
+        if fb.user_id is not None and self.cfg.history.backend != "off":
+            event = Event(fb.user_id, fb.item_id, int(time.time()), fb.event, None, f"feedback:{fb.request_id}:{fb.item_id}:{fb.event}")
+            try:
+                await self._store([event])
+            except BadRequest:  # the click is still logged below
+                pass
         if state.feedback_log is None:
             return False
         accepted = state.feedback_log.write({
@@ -227,100 +311,23 @@ class RecommendService:
         if long_ids:
             raise BadRequest(422, f"an id is {len(long_ids[0])} characters long; at most {lim.max_id_length}")
 
-    async def _retrieve(self, turn: Turn) -> dict[str, Retrieved]:
-        plan, batch, run = turn.plan, turn.batch, turn.state.fingerprint
-
-        async def one(name: str) -> tuple[str, Retrieved | None, str, float]:
-            t = time.perf_counter()
-            budget = self.cfg.channel(name).budget_ms / 1e3
-            try:
-                out = await asyncio.wait_for(self.backends.retrieve(name, batch, plan.quotas[name], run), budget)
-                if not isinstance(out, Retrieved) or out.items.shape[0] != len(batch):
-                    raise TypeError(f"channel {name} answered {type(out).__name__}, not one Retrieved row")
-                return name, out, "", time.perf_counter() - t
-            except asyncio.TimeoutError:
-                return name, None, "timeout", time.perf_counter() - t
-            except Exception as err:  # a dead replica or a bug in a channel degrades, never fails
-                log.warning("channel %s failed: %s: %s", name, type(err).__name__, err)
-                return name, None, "error", time.perf_counter() - t
-
-        results = await asyncio.gather(*(one(n) for n in plan.channels))
-        for name, out, reason, seconds in results:
-            turn.timings[f"channel.{name}"] = seconds * 1e3
-            if out is None or out.any_failed():  # failed, or answered without this request's row
-                turn.degraded.append(name)
-                self.metrics.degraded.labels(name, reason or "row_failed").inc()
-        return {name: out for name, out, _, _ in results if out is not None}
-
-    async def _stage(self, turn: Turn, name: str, call: Any, budget_ms: float) -> Any:
-        try:
-            out = await asyncio.wait_for(call, budget_ms / 1e3)
-            if out is None:
-                raise StaleRun(f"{name} serves another run's data")
-            return out
-        except Exception as err:
-            reason = "timeout" if isinstance(err, asyncio.TimeoutError) else "error"
-            log.warning("%s dropped for a request (%s): %s", name, reason, err)
-            self.metrics.degraded.labels(name, reason).inc()
-            turn.degraded.append(name)
-            return None
-
-    async def _rank_and_rerank(self, turn: Turn, pool: CandidateSet, k: int) -> CandidateSet:
-        t, arm, batch, run = time.perf_counter(), turn.plan.name, turn.batch, turn.state.fingerprint
-        scores = None
-        if len(pool):
-            scores = await self._stage(turn, "ranker", self.backends.score(arm, batch, pool, run), self.cfg.ranker.budget_ms)
-        if scores is not None and np.shape(scores) != (len(pool),):
-            log.warning("ranker answered shape %s for a pool of %d; pool order kept", np.shape(scores), len(pool))
-            turn.degraded.append("ranker")
-            scores = None
-        ranked = pool.select(np.arange(len(pool)), scores)
-        t2 = time.perf_counter()
-        final = None
-        if len(pool):
-            final = await self._stage(turn, "reranker", self.backends.rerank(arm, batch, ranked, k, run), self.cfg.reranker.budget_ms)
-        if final is None:
-            final = self.passthrough.rerank(batch, [ranked], k)[0]
-        turn.timings.update(rank=(t2 - t) * 1e3, rerank=(time.perf_counter() - t2) * 1e3)
-        return final
-
-    def _fallback(self, turn: Turn, k: int) -> dict[str, Retrieved]:
-        """The ingress popularity channel's answer, or nothing (flagged) if even it fails."""
-        try:
-            return {turn.state.fallback.name: turn.state.fallback.retrieve(turn.batch, k)}
-        except Exception as err:  # the last resort failed: an empty list, never a 5xx
-            log.warning("fallback channel failed: %s: %s", type(err).__name__, err)
-            if "fallback" not in turn.degraded:
-                turn.degraded.append("fallback")
-            return {}
-
-    def _backfill(self, turn: Turn, final: CandidateSet, k: int) -> tuple[np.ndarray, list[float | None], list[list[str]]]:
-        items = final.items[:k].astype(np.int64)
-        scores: list[float | None] = [float(s) if np.isfinite(s) else None for s in final.scores[:k]]
-        reasons = [list(r) for r in (final.reasons or [[] for _ in range(len(items))])[:k]]
-        if len(items) < k:
-            answer = self._fallback(turn, k + len(items)).get(turn.state.fallback.name)
-            extra = answer.items[0] if answer is not None else np.zeros(0, np.int64)
-            extra = extra[(extra != PAD) & ~np.isin(extra, items)][: k - len(items)]
-            items = np.concatenate([items, extra])
-            scores += [None] * len(extra)
-            reasons += [["backfill:popularity"] for _ in range(len(extra))]
-        return items, scores, reasons
-
     def _respond(
-        self, req: RecommendRequest, res: Resolved, turn: Turn, items: np.ndarray, scores: list[float | None],
-        reasons: list[list[str]], fallback: bool,
+        self, req: RecommendRequest, res: Resolved, state: IngressState, plan: ArmPlan, out: StageResult, fallback: bool,
     ) -> RecommendResponse:
-        ids = turn.state.maps.item_ids[items].tolist()
-        out = RecommendResponse(
-            request_id=uuid.uuid4().hex, user_id=req.user_id, known_user=res.user is not None, arm=turn.plan.name,
-            experiment=turn.state.arms.experiment,
+        final = out.final[0]
+        items = final.items[: req.k].astype(np.int64)
+        scores = [float(s) if np.isfinite(s) else None for s in final.scores[: req.k]]
+        reasons = [list(r) for r in (final.reasons or [[] for _ in range(len(items))])[: req.k]]
+        ids = state.maps.item_ids[items].tolist()
+        answer = RecommendResponse(
+            request_id=uuid.uuid4().hex, user_id=req.user_id, known_user=res.user is not None, arm=plan.name,
+            experiment=state.arms.experiment,
             items=[Item(item_id=i, position=p, score=s, reasons=r) for p, (i, s, r) in enumerate(zip(ids, scores, reasons))],
-            degraded=turn.degraded, fallback=fallback, ignored_items=res.ignored, history_used=int(res.batch.lengths[0]),
-            timings_ms={k: round(v, 3) for k, v in turn.timings.items()},
+            degraded=list(out.degraded), fallback=fallback, ignored_items=res.ignored, history_used=int(res.batch.lengths[0]),
+            timings_ms={k: round(v, 3) for k, v in out.timings_ms.items()},
         )
-        self._log(turn.state, out, forced=req.arm is not None)
-        return out
+        self._log(state, answer, forced=req.arm is not None)
+        return answer
 
     def _log(self, state: IngressState, out: RecommendResponse, forced: bool) -> None:
         m = self.metrics
