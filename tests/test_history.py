@@ -139,3 +139,24 @@ def test_a_redis_outage_degrades_to_the_trained_history_and_refuses_events_retry
     with redis_server(port):  # back (empty: --save ""): accepted again, no longer degraded
         assert client.post("/events", json={"events": [{"user_id": user, "item_id": item}]}).status_code == 202
         assert client.post("/recommend", json={"user_id": user, "k": 5}).json()["degraded"] == []
+
+
+def test_a_removed_item_leaves_every_list_until_it_is_put_back(tmp_path):
+    client, view, backends = _client(tmp_path, {"dir": str(tmp_path / "store"), "catalog_ttl_s": 60})
+    user = str(view.dataset.user_ids[6])
+    top = client.post("/recommend", json={"user_id": user, "k": 10}).json()["items"][0]["item_id"]
+    anonymous_top = client.post("/recommend", json={"k": 10}).json()["items"][0]["item_id"]
+    for item in {top, anonymous_top}:
+        gone = client.delete(f"/items/{item}")
+        assert gone.status_code == 202 and gone.json() == {"item_id": item, "available": False}
+    for body in ({"user_id": user, "k": 50}, {"k": 50}, {"history": [str(view.dataset.item_ids[3])], "k": 50}):
+        items = [i["item_id"] for i in client.post("/recommend", json=body).json()["items"]]
+        assert len(items) == 50 and top not in items and anonymous_top not in items
+    assert client.put(f"/items/{top}/available").json() == {"item_id": top, "available": True}
+    assert client.post("/recommend", json={"user_id": user, "k": 10}).json()["items"][0]["item_id"] == top
+    missing = client.delete("/items/not-an-item")
+    assert missing.status_code == 404 and "not in the served catalog" in missing.json()["error"]
+    backends.close()
+    reopened = LocalStore(tmp_path / "store")  # the removal is durable
+    assert reopened.unavailable() == ({anonymous_top} - {top})
+    reopened.close()

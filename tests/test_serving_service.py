@@ -321,3 +321,45 @@ def test_an_online_arm_serves_a_ranker_trained_for_an_offline_arm(tmp_path):
                                                     {"name": "m", "weight": 1, "ranker": {"kind": "mtgr"}}]}
     with pytest.raises(ConfigError, match="experiment arm 'm': ranker 'mtgr' .* must be trained"):
         check(run, parse_serve_config({"experiment": untrained}))
+
+
+def test_grouped_channels_are_asked_in_one_call_and_fail_alone():
+    """channel_groups: the channels of a group share one deployment call per request; one that
+    raises inside the group is dropped alone."""
+    import asyncio
+
+    from pipeline.serving.ab import ArmPlan
+    from pipeline.serving.service import ArmStages
+    from pipeline.types import Retrieved
+
+    class GroupBackends:
+        group_of = {"a": "cheap", "b": "cheap"}
+
+        def __init__(self):
+            self.calls = []
+
+        async def retrieve_group(self, group, names, batch, ks, run):
+            self.calls.append((group, tuple(names), dict(ks)))
+            await asyncio.sleep(0.01)
+            return {"a": Retrieved(np.array([[1, 2]]), np.array([[2.0, 1.0]], np.float32)), "b": RuntimeError("b is down")}
+
+        async def retrieve(self, channel, batch, k, run):
+            return Retrieved(np.array([[7]]), np.array([[1.0]], np.float32))
+
+    plan = ArmPlan("default", ("a", "b", "c"), {"a": 2, "b": 3, "c": 1}, 10, True, None, None)
+    backends = GroupBackends()
+    stages = ArmStages(backends, "default", "fp", plan)
+
+    async def all_three():
+        return await asyncio.gather(*(stages.retrieve(c, None, plan.quotas[c]) for c in plan.channels), return_exceptions=True)
+
+    a, b, c = asyncio.run(all_three())
+    assert backends.calls == [("cheap", ("a", "b"), {"a": 2, "b": 3})]
+    assert a.items.tolist() == [[1, 2]] and isinstance(b, RuntimeError) and c.items.tolist() == [[7]]
+
+
+def test_channel_groups_are_checked_and_drop_names_the_run_does_not_serve():
+    with pytest.raises(ConfigError, match="in both 'g1' and 'g2'"):
+        parse_serve_config({"channel_groups": {"g1": {"channels": ["a", "b"]}, "g2": {"channels": ["b"]}}})
+    cfg = parse_serve_config({"channel_groups": {"cheap": {"channels": ["popularity", "i2i_long"]}, "none": {"channels": ["x"]}}})
+    assert cfg.groups_of(("popularity", "item2item")) == {"cheap": ["popularity"]}

@@ -114,6 +114,11 @@ class EventsResponse(BaseModel):
     unknown_items: list[str]  # item ids the served run does not know: stored, not used until a run knows them
 
 
+class ItemState(BaseModel):
+    item_id: str
+    available: bool  # False: left out of every channel's output and the pool
+
+
 class FeedbackResponse(BaseModel):
     accepted: bool
 

@@ -29,7 +29,9 @@ from ray.serve import Application
 from pipeline.config import ConfigError
 from pipeline.resources import SERVING_CONFIG
 from pipeline.serving.config import DeploymentConfig, ServeConfig, load_serve_config
-from pipeline.serving.deployments import ChannelDeployment, HistoryDeployment, Ingress, RankerDeployment, RerankDeployment
+from pipeline.serving.deployments import (
+    ChannelDeployment, ChannelGroupDeployment, HistoryDeployment, Ingress, RankerDeployment, RerankDeployment,
+)
 from pipeline.serving.runview import RunView
 
 log = logging.getLogger(__name__)
@@ -113,10 +115,18 @@ def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = Non
     def opts(d: DeploymentConfig, name: str, **user: Any) -> dict[str, Any]:
         return _options(d, cfg, name, user_config=run | user)
 
+    groups = cfg.groups_of(tuple(view.channel_configs()))
+    group_of = {name: group for group, names in groups.items() for name in names}
     channels = {
         name: _versioned(ChannelDeployment.options(**opts(cfg.channel(name), f"channel-{name}", fault=cfg.channel(name).fault.model_dump())),
                          version).bind(raw, name)
-        for name in view.channel_configs()
+        for name in view.channel_configs() if name not in group_of
+    }
+    group_apps = {
+        group: _versioned(ChannelGroupDeployment.options(**opts(cfg.channel_groups[group], f"channels-{group}",
+                                                                 faults={n: cfg.channel(n).fault.model_dump() for n in names})),
+                          version).bind(raw, names)
+        for group, names in groups.items()
     }
     ranker = _versioned(RankerDeployment.options(**opts(cfg.ranker, "ranker")), version).bind(raw)
     reranker = _versioned(RerankDeployment.options(**opts(cfg.reranker, "reranker")), version).bind(raw)
@@ -124,7 +134,7 @@ def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = Non
     if cfg.history.backend != "off":
         history = _versioned(HistoryDeployment.options(**opts(cfg.history, "history")), version).bind(raw)
     ingress = _versioned(Ingress.options(**opts(cfg.ingress, "ingress")), version)
-    return ingress.bind(raw, channels, ranker, reranker, history)
+    return ingress.bind(raw, channels, ranker, reranker, history, group_apps, group_of)
 
 
 class AppArgs(BaseModel):
@@ -180,7 +190,11 @@ def cpu_demand(cfg: ServeConfig, channels: Iterable[str]) -> dict[str, float]:
     def need(d: DeploymentConfig) -> float:
         return (d.autoscaling.min_replicas if d.autoscaling is not None else d.replicas) * d.num_cpus
 
-    demand = {f"channel-{name}": need(cfg.channel(name)) for name in channels}
+    channels = tuple(channels)
+    groups = cfg.groups_of(channels)
+    grouped = {n for names in groups.values() for n in names}
+    demand = {f"channel-{name}": need(cfg.channel(name)) for name in channels if name not in grouped}
+    demand.update({f"channels-{group}": need(cfg.channel_groups[group]) for group in groups})
     for name, d in (("ranker", cfg.ranker), ("reranker", cfg.reranker), ("ingress", cfg.ingress)):
         demand[name] = need(d)
     if cfg.history.backend != "off":

@@ -177,6 +177,12 @@ class LocalBackends:
     async def add_events(self, events: list[Event]) -> tuple[int, int]:
         return self.store.add(events)
 
+    async def unavailable(self) -> set[str]:
+        return self.store.unavailable()
+
+    async def set_available(self, item_ids: list[str], available: bool) -> None:
+        self.store.set_available(item_ids, available)
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()

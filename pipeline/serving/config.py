@@ -96,6 +96,7 @@ class HistoryConfig(DeploymentConfig):
     timeout_ms: float = Field(200.0, gt=0.0, le=60000.0)  # Redis socket timeout
     budget_ms: float = Field(50.0, gt=0.0, le=60000.0)  # a /recommend waits this long for the stored events
     snapshot_every: int = Field(10000, ge=1)
+    catalog_ttl_s: float = Field(1.0, ge=0.0, le=3600.0)  # how long an ingress replica reuses the unavailable-item set
     num_cpus: float = Field(0.1, ge=0.0, le=64.0)
 
     @model_validator(mode="after")
@@ -104,6 +105,13 @@ class HistoryConfig(DeploymentConfig):
             raise ValueError("history: the local backend is one process's folder, so it runs one replica; "
                              "use backend: redis to scale it")
         return self
+
+
+class ChannelGroupConfig(DeploymentConfig):
+    """Several cheap channels in one deployment: one call per request for all of them instead of
+    one each (their budgets stay per channel). Names the run does not serve are skipped."""
+
+    channels: list[str] = Field(min_length=1)
 
 
 class IngressConfig(DeploymentConfig):
@@ -153,6 +161,7 @@ class ServeConfig(Strict):
     ingress: IngressConfig = IngressConfig()
     channel_defaults: ChannelDeploymentConfig = ChannelDeploymentConfig()
     channels: dict[str, ChannelDeploymentConfig] = {}  # per channel name, replaces the defaults
+    channel_groups: dict[str, ChannelGroupConfig] = {}  # group name -> channels served by one deployment
     ranker: BatchedDeploymentConfig = BatchedDeploymentConfig()
     reranker: BatchedDeploymentConfig = BatchedDeploymentConfig(max_batch_size=1)
     history: HistoryConfig = HistoryConfig()
@@ -163,6 +172,21 @@ class ServeConfig(Strict):
 
     def channel(self, name: str) -> ChannelDeploymentConfig:
         return self.channels.get(name, self.channel_defaults)
+
+    def groups_of(self, served: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+        """group -> its channels that `served` holds (groups left empty are dropped)."""
+        out = {g: [c for c in cfg.channels if c in served] for g, cfg in self.channel_groups.items()}
+        return {g: names for g, names in out.items() if names}
+
+    @model_validator(mode="after")
+    def _groups_disjoint(self) -> "ServeConfig":
+        seen: dict[str, str] = {}
+        for group, cfg in self.channel_groups.items():
+            for name in cfg.channels:
+                if name in seen:
+                    raise ValueError(f"channel_groups: channel '{name}' is in both '{seen[name]}' and '{group}'")
+                seen[name] = group
+        return self
 
 
 def parse_serve_config(raw: dict[str, Any], source: str = "<dict>") -> ServeConfig:

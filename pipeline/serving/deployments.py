@@ -68,6 +68,34 @@ class ChannelDeployment(_Reloading):
 
 
 @serve.deployment
+class ChannelGroupDeployment(_Reloading):
+    """Several channels in one replica (`channel_groups` in the serving config): the ingress sends
+    one call per request for all of them."""
+
+    def __init__(self, serve_cfg: dict[str, Any], names: list[str]) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        self.names = list(names)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        threads = max(self.cfg.channel(n).threads for n in self.names)
+        await self._reload(user_config, lambda run: {n: ChannelComponent(_view(run, self.cfg), n, threads) for n in self.names})
+        faults = user_config.get("faults") or {}
+        for name, component in self.component.items():
+            component.fault = Fault.of(faults.get(name))
+
+    async def retrieve_group(self, names: list[str], batch: RequestBatch, ks: dict[str, int], run: str | None = None
+                             ) -> dict[str, Retrieved | Exception]:
+        """Each asked channel's answer, or the exception it raised (the ingress drops that one)."""
+        out: dict[str, Retrieved | Exception] = {}
+        for name in names:
+            try:
+                out[name] = await self.component[name].aretrieve(batch, ks[name], run)
+            except Exception as err:  # one channel's failure must not take the group's others down
+                out[name] = err
+        return out
+
+
+@serve.deployment
 class RankerDeployment(_Reloading):
     def __init__(self, serve_cfg: dict[str, Any]) -> None:
         self.cfg = ServeConfig.model_validate(serve_cfg)
@@ -123,6 +151,12 @@ class HistoryDeployment:
     async def add(self, events: list[Event]) -> tuple[int, int]:
         return await asyncio.to_thread(self.store.add, events)  # fsync / network: off the event loop
 
+    async def unavailable(self) -> set[str]:
+        return await asyncio.to_thread(self.store.unavailable)
+
+    async def set_available(self, item_ids: list[str], available: bool) -> None:
+        await asyncio.to_thread(self.store.set_available, item_ids, available)
+
     def __del__(self) -> None:
         if getattr(self, "store", None) is not None:
             self.store.close()
@@ -148,7 +182,8 @@ class HandleBackends:
     """`service.Backends` over deployment handles."""
 
     def __init__(self, channels: dict[str, DeploymentHandle], ranker: DeploymentHandle, reranker: DeploymentHandle,
-                 history: DeploymentHandle | None = None) -> None:
+                 history: DeploymentHandle | None = None, groups: dict[str, DeploymentHandle] | None = None,
+                 group_of: dict[str, str] | None = None) -> None:
         # handles are built in the driver, with its defaults; this replica's environment decides
         # (ray.env in the serving config): gRPC between deployments, or Ray object references
         grpc = os.environ.get("RAY_SERVE_USE_GRPC_BY_DEFAULT") == "1"
@@ -156,12 +191,24 @@ class HandleBackends:
         self.ranker = _transport(ranker, grpc)
         self.reranker = _transport(reranker, grpc)
         self.store = history
+        self.groups = {name: _transport(h, grpc) for name, h in (groups or {}).items()}
+        self.group_of = dict(group_of or {})
+
+    async def retrieve_group(self, group: str, names: list[str], batch: RequestBatch, ks: dict[str, int], run: str
+                             ) -> dict[str, Retrieved | Exception]:
+        return await _await(self.groups[group].retrieve_group.remote(names, batch, ks, run))
 
     async def history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
         return await _await(self.store.recent.remote(user_id, limit))
 
     async def add_events(self, events: list[Event]) -> tuple[int, int]:
         return await _await(self.store.add.remote(events))
+
+    async def unavailable(self) -> set[str]:
+        return await _await(self.store.unavailable.remote())
+
+    async def set_available(self, item_ids: list[str], available: bool) -> None:
+        await _await(self.store.set_available.remote(item_ids, available))
 
     async def retrieve(self, channel: str, batch: RequestBatch, k: int, run: str) -> Retrieved:
         return await _await(self.channels[channel].retrieve.remote(batch, k, run))
@@ -179,9 +226,11 @@ class Ingress:
     def __init__(
         self, serve_cfg: dict[str, Any], channels: dict[str, DeploymentHandle], ranker: DeploymentHandle,
         reranker: DeploymentHandle, history: DeploymentHandle | None = None,
+        groups: dict[str, DeploymentHandle] | None = None, group_of: dict[str, str] | None = None,
     ) -> None:
         self.cfg = ServeConfig.model_validate(serve_cfg)
-        self.service = RecommendService(None, HandleBackends(channels, ranker, reranker, history), self.cfg)
+        backends = HandleBackends(channels, ranker, reranker, history, groups, group_of)
+        self.service = RecommendService(None, backends, self.cfg)
         self.loaded: tuple[str, str] | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ Two backends behind one interface (`HistoryStore`):
   event ids, the dedupe-and-append done atomically by a server-side script.
 A store that cannot be reached raises `StoreUnavailable`; the ingress then answers from the
 trained history (`degraded: ["history_store"]`) and refuses events with a retryable 503.
+The store also holds the items taken out of the catalog (`set_available`), which the ingress
+removes from every channel's output and the pool.
 """
 from __future__ import annotations
 
@@ -58,6 +60,12 @@ class HistoryStore(Protocol):
         """The user's last `limit` stored events as (time, item_id), oldest first."""
         ...
 
+    def set_available(self, item_ids: list[str], available: bool) -> None:
+        """Take items out of every list (False) or put them back (True)."""
+        ...
+
+    def unavailable(self) -> set[str]: ...
+
     def close(self) -> None: ...
 
 
@@ -71,6 +79,7 @@ class LocalStore:
         self._ids: set[str] = set()
         self._rows: list[tuple[str, str, int, str]] = []  # every stored event, in arrival order (snapshots)
         self._since_snapshot = 0
+        self._unavailable: set[str] = set()
         self._load()
         self._log = open(self.folder / "events.log", "a", encoding="utf-8")
 
@@ -90,6 +99,9 @@ class LocalStore:
         return True
 
     def _load(self) -> None:
+        off = self.folder / "unavailable.json"
+        if off.is_file():
+            self._unavailable = set(json.loads(off.read_text()))
         snap = self.folder / "snapshot.json"
         if snap.is_file():
             state = json.loads(snap.read_text())
@@ -134,6 +146,16 @@ class LocalStore:
         with self._lock:
             return list(self._users.get(user_id, ())[-limit:])
 
+    def set_available(self, item_ids: list[str], available: bool) -> None:
+        with self._lock:
+            new = self._unavailable - set(item_ids) if available else self._unavailable | set(item_ids)
+            atomic_write_json(self.folder / "unavailable.json", sorted(new))
+            self._unavailable = new
+
+    def unavailable(self) -> set[str]:
+        with self._lock:
+            return set(self._unavailable)
+
     def close(self) -> None:
         with self._lock:
             if self._since_snapshot:
@@ -160,6 +182,7 @@ class RedisStore:
         self._errors = (redis.RedisError, OSError)
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.ids_key, self.user_prefix = f"{prefix}:event_ids", f"{prefix}:history:"
+        self.off_key = f"{prefix}:unavailable"
         self._add = self.client.register_script(_ADD)
 
     def add(self, events: list[Event]) -> tuple[int, int]:
@@ -183,6 +206,18 @@ class RedisStore:
             out.append((int(time), item))
         out.sort(key=lambda e: e[0])  # stable: same-time events keep their arrival order
         return out
+
+    def set_available(self, item_ids: list[str], available: bool) -> None:
+        try:
+            (self.client.srem if available else self.client.sadd)(self.off_key, *item_ids)
+        except self._errors as err:
+            raise StoreUnavailable(f"redis: {type(err).__name__}: {err}") from None
+
+    def unavailable(self) -> set[str]:
+        try:
+            return {m.decode() for m in self.client.smembers(self.off_key)}
+        except self._errors as err:
+            raise StoreUnavailable(f"redis: {type(err).__name__}: {err}") from None
 
     def close(self) -> None:
         self.client.close()

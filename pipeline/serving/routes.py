@@ -9,15 +9,15 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.serving.api import (
-    ChannelsResponse, ErrorResponse, EventsRequest, EventsResponse, FeedbackRequest, FeedbackResponse, Health,
+    ChannelsResponse, ErrorResponse, EventsRequest, EventsResponse, FeedbackRequest, FeedbackResponse, Health, ItemState,
     RecommendRequest, RecommendResponse, request_models,
 )
 from pipeline.serving.metrics import CONTENT_TYPE
@@ -158,6 +158,21 @@ def create_app(service: RecommendService, max_body_bytes: int) -> FastAPI:
              responses=ERRORS | {503: {"model": ErrorResponse, "description": "History store unavailable"}})(events)
     app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)(recommend)
     app.post("/feedback", response_model=FeedbackResponse, status_code=202, responses=ERRORS)(feedback)
+
+    async def remove_item(item_id: str) -> ItemState:
+        """Take an item out of every list (sold out, withdrawn) from the next request on."""
+        return await service.set_available(item_id, False)
+
+    async def restore_item(item_id: str) -> ItemState:
+        """Put a removed item back."""
+        return await service.set_available(item_id, True)
+
+    item_path = Annotated[str, Path(min_length=1, max_length=service.cfg.limits.max_id_length)]
+    unknown = ERRORS | {404: {"model": ErrorResponse, "description": "Unknown item"}}
+    for handler in (remove_item, restore_item):  # the path type with this server's id limit
+        handler.__annotations__["item_id"] = item_path
+    app.delete("/items/{item_id}", response_model=ItemState, status_code=202, responses=unknown)(remove_item)
+    app.put("/items/{item_id}/available", response_model=ItemState, status_code=202, responses=unknown)(restore_item)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

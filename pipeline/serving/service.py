@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +26,8 @@ from pipeline.pool import PoolSpec
 from pipeline.protocols import Channel
 from pipeline.serving.ab import ArmPlan, ArmTable, UnknownArm
 from pipeline.serving.api import (
-    ChannelInfo, ChannelsResponse, EventsRequest, EventsResponse, FeedbackRequest, Item, RecommendRequest, RecommendResponse,
+    ChannelInfo, ChannelsResponse, EventsRequest, EventsResponse, FeedbackRequest, Item, ItemState, RecommendRequest,
+    RecommendResponse,
 )
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.eventlog import EventLog
@@ -69,6 +70,12 @@ class Backends(Protocol):
     async def add_events(self, events: list[Event]) -> tuple[int, int]:
         """Store events; (accepted, duplicates). Raises if the store cannot take them."""
         ...
+
+    async def unavailable(self) -> set[str]:
+        """Original ids of the items taken out of the catalog."""
+        ...
+
+    async def set_available(self, item_ids: list[str], available: bool) -> None: ...
 
 
 @dataclass
@@ -127,9 +134,11 @@ class IngressState:
 
 
 def resolve(req: RecommendRequest, state: IngressState, now: int | None = None,
-            recent: list[tuple[int, str]] | None = None) -> Resolved:
+            recent: list[tuple[int, str]] | None = None, exclude: np.ndarray | None = None) -> Resolved:
     """Original ids -> dense ids; the user's trained history, then the events stored since
-    (`recent`, items the run does not know skipped), then the sent items."""
+    (`recent`, items the run does not know skipped), then the sent items. `exclude` (dense ids,
+    the items taken out of the catalog) joins the row's seen set, which every channel and the
+    pool leave out."""
     user = state.maps.user_index.get(req.user_id) if req.user_id is not None else None
     items, times = (state.histories.of_user(user) if user is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
     if recent:
@@ -149,6 +158,9 @@ def resolve(req: RecommendRequest, state: IngressState, now: int | None = None,
     # the model sees the last max_history items; every item stays in the seen set
     batch = RequestBatch.from_sequences([user], [items], [times], max_len=state.max_history, now=[now],
                                         contexts=[dict(req.context)])
+    if exclude is not None and len(exclude):
+        seen = np.concatenate([items, exclude]).astype(np.int64)
+        batch = replace(batch, seen_items=seen, seen_offsets=np.array([0, len(seen)], np.int64))
     return Resolved(batch, user, ignored)
 
 
@@ -156,11 +168,24 @@ class ArmStages:
     """`orchestrator.Stages` for one request: the backends, with its arm and the state's data
     fingerprint bound (a stage loaded from other data answers None or raises StaleRun)."""
 
-    def __init__(self, backends: Backends, arm: str, run: str) -> None:
-        self.backends, self.arm, self.run = backends, arm, run
+    def __init__(self, backends: Backends, arm: str, run: str, plan: ArmPlan | None = None) -> None:
+        self.backends, self.arm, self.run, self.plan = backends, arm, run, plan
+        self.group_of: dict[str, str] = getattr(backends, "group_of", {})
+        self._pending: dict[str, asyncio.Future] = {}
 
     async def retrieve(self, channel: str, batch: RequestBatch, k: int) -> Retrieved:
-        return await self.backends.retrieve(channel, batch, k, self.run)
+        group = self.group_of.get(channel)
+        if group is None or self.plan is None:
+            return await self.backends.retrieve(channel, batch, k, self.run)
+        if group not in self._pending:  # the first of the group's channels asks for all of them, once
+            names = [c for c in self.plan.channels if self.group_of.get(c) == group]
+            ks = {c: self.plan.quotas.get(c, k) for c in names}
+            self._pending[group] = asyncio.ensure_future(self.backends.retrieve_group(group, names, batch, ks, self.run))
+        answers = await asyncio.shield(self._pending[group])  # a channel's budget cancels its wait only
+        out = answers[channel]
+        if isinstance(out, Exception):
+            raise out
+        return out
 
     async def score(self, batch: RequestBatch, pools: list[CandidateSet]) -> list[np.ndarray] | None:
         if len(pools) != 1:
@@ -183,6 +208,7 @@ class RecommendService:
         self.backends = backends
         self.cfg = cfg
         self.metrics = metrics or Metrics()
+        self._off: tuple[float, str, np.ndarray] | None = None  # (expires, run fingerprint, dense ids) of unavailable items
 
     def swap(self, state: IngressState) -> IngressState | None:
         """Serve a new run from now on; requests already running finish on the old state."""
@@ -200,7 +226,7 @@ class RecommendService:
 
     async def run(self, state: IngressState, plan: ArmPlan, batch: RequestBatch, k: int) -> StageResult:
         """The cascade's steps for one resolved request, on the backends."""
-        return await orchestrator.run(ArmStages(self.backends, plan.name, state.fingerprint), plan_of(plan), batch, k,
+        return await orchestrator.run(ArmStages(self.backends, plan.name, state.fingerprint, plan), plan_of(plan), batch, k,
                                       fallback=state.fallback, budgets=self.budgets(plan), concurrent=True)
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -212,7 +238,7 @@ class RecommendService:
         except UnknownArm as err:
             raise BadRequest(422, str(err)) from None
         recent, store_down = await self._recent(req.user_id, state)
-        res = resolve(req, state, recent=recent)
+        res = resolve(req, state, recent=recent, exclude=await self._excluded(state))
         t1 = time.perf_counter()
         out = await self.run(state, plan, res.batch, req.k)
         if store_down:
@@ -237,7 +263,7 @@ class RecommendService:
             if self.cfg.history.backend != "off":
                 degraded += ["history_store"] if (await self._recent("\x00warm-up", state))[1] else []
             for plan in state.arms.plans.values():
-                stages = ArmStages(self.backends, plan.name, state.fingerprint)
+                stages = ArmStages(self.backends, plan.name, state.fingerprint, plan)
                 degraded += await orchestrator.touch(stages, plan_of(plan), batch, 10, self.budgets(plan))
             if not degraded and n > 1:
                 return n
@@ -255,6 +281,38 @@ class RecommendService:
             log.warning("history store unavailable for a request: %s: %s", type(err).__name__, err)
             self.metrics.degraded.labels("history_store", "timeout" if isinstance(err, asyncio.TimeoutError) else "error").inc()
             return [], True
+
+    async def _excluded(self, state: IngressState) -> np.ndarray | None:
+        """Dense ids of the items taken out of the catalog, reread at most every catalog_ttl_s (a
+        store that fails keeps the last set)."""
+        if self.cfg.history.backend == "off":
+            return None
+        cached = self._off
+        if cached is not None and cached[0] > time.monotonic() and cached[1] == state.fingerprint:
+            return cached[2]
+        try:
+            ids = await asyncio.wait_for(self.backends.unavailable(), self.cfg.history.budget_ms / 1e3)
+        except Exception as err:
+            log.warning("unavailable items not read: %s: %s", type(err).__name__, err)
+            return cached[2] if cached is not None else None
+        dense = np.array(sorted(state.maps.item_index[i] for i in ids if i in state.maps.item_index), np.int64)
+        self._off = (time.monotonic() + self.cfg.history.catalog_ttl_s, state.fingerprint, dense)
+        return dense
+
+    async def set_available(self, item_id: str, available: bool) -> ItemState:
+        """Take an item out of every list (or put it back) from the next request on."""
+        state = self.current()
+        if self.cfg.history.backend == "off":
+            raise BadRequest(404, "this server keeps no live catalog state (history.backend: off in its serving config)")
+        if item_id not in state.maps.item_index:
+            raise BadRequest(404, f"item '{item_id}' is not in the served catalog")
+        try:
+            await asyncio.wait_for(self.backends.set_available([item_id], available), self.cfg.history.timeout_ms / 1e3 + 1.0)
+        except Exception as err:
+            log.warning("availability of %s not stored: %s: %s", item_id, type(err).__name__, err)
+            raise BadRequest(503, "the history store is unavailable; nothing was changed, retry later", retry_after_s=1) from None
+        self._off = None  # this replica sees it on its next request; others within catalog_ttl_s
+        return ItemState(item_id=item_id, available=available)
 
     async def events(self, body: EventsRequest) -> EventsResponse:
         """Append interactions to the history store; the user's next request reads them."""
