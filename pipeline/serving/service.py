@@ -237,8 +237,8 @@ class RecommendService:
             plan = state.arms.assign(req.user_id, req.arm)
         except UnknownArm as err:
             raise BadRequest(422, str(err)) from None
-        recent, store_down = await self._recent(req.user_id, state)
-        res = resolve(req, state, recent=recent, exclude=await self._excluded(state))
+        (recent, store_down), exclude = await asyncio.gather(self._recent(req.user_id, state), self._excluded(state))
+        res = resolve(req, state, recent=recent, exclude=exclude)
         t1 = time.perf_counter()
         out = await self.run(state, plan, res.batch, req.k)
         if store_down:
