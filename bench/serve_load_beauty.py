@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--history", default=None, choices=["local", "redis", "off"], help="override history.backend")
     ap.add_argument("--tag", default="", help="suffix of the result files (a variant)")
     ap.add_argument("--group", default=None, help="comma-separated channels to co-locate in one deployment")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="serving config override (YAML value)")
     args = ap.parse_args(argv)
     command = "nice -n 5 python -m bench.serve_load_beauty " + " ".join(argv if argv is not None else sys.argv[1:])
     inproc = args.inprocess_users_per_s
@@ -48,6 +50,9 @@ def main(argv=None) -> int:
         overrides["history.backend"] = args.history
     if args.group:
         overrides["channel_groups"] = {"cheap": {"channels": args.group.split(","), "num_cpus": 0.2, "max_ongoing_requests": 64}}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
     cfg = load_serve_config(SERVING, overrides)
     phases, best = [], None
     url = app.start(args.run, cfg)

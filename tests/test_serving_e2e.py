@@ -256,6 +256,18 @@ def test_an_event_posted_is_in_the_very_next_recommendation(served):
             assert str(item) not in [i["item_id"] for i in got["items"]]
 
 
+def test_a_removed_item_is_gone_from_the_next_served_list(served):
+    url = served["url"]
+    with requests.Session() as s:
+        top = s.post(f"{url}/recommend", json={"k": 5, "arm": "no-recall"}).json()["items"][0]["item_id"]
+        assert s.delete(f"{url}/items/{top}").status_code == 202
+        try:
+            assert top not in [i["item_id"] for i in s.post(f"{url}/recommend", json={"k": 20, "arm": "no-recall"}).json()["items"]]
+        finally:
+            assert s.put(f"{url}/items/{top}/available").status_code == 202
+        assert s.post(f"{url}/recommend", json={"k": 5, "arm": "no-recall"}).json()["items"][0]["item_id"] == top
+
+
 def test_faults_degrade_within_budget_and_recover(served):
     from pipeline.serving import app
 
