@@ -200,7 +200,7 @@ class CobraChannel:
         self.price_edges_ = price_edges(catalog["price"], self.price_buckets) if "price" in catalog else np.zeros(0)
         feats = build_features(self.encoder_.tfidf(catalog), content, catalog.get("price"), self.price_edges_, ids,
                                self.popularity_[ids] > 0, self.max_tokens)
-        self.features_ = _empty_features(n, feats).set_rows(ids, feats)
+        self.features_ = feats.zeros(n).set_rows(ids, feats)
         return content.shape[1]
 
     def _report(self, base: np.ndarray, ids: np.ndarray) -> dict:
@@ -398,7 +398,3 @@ class CobraChannel:
             ch.index_ = load_index(path / "index.faiss", ch.index_config())
         return ch
 
-
-def _empty_features(n: int, like: ItemFeatures) -> ItemFeatures:
-    return ItemFeatures(*(np.zeros((n, *a.shape[1:]), a.dtype) for a in
-                          (like.tokens, like.weights, like.content, like.price, like.ids)))

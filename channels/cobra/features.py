@@ -32,6 +32,11 @@ class ItemFeatures:
     def rows(self, idx: np.ndarray) -> "ItemFeatures":
         return ItemFeatures(*(getattr(self, f.name)[idx] for f in fields(self)))
 
+    def zeros(self, n: int) -> "ItemFeatures":
+        """`n` all-zero rows of the same widths and dtypes."""
+        return ItemFeatures(*(np.zeros((n, *getattr(self, f.name).shape[1:]), getattr(self, f.name).dtype)
+                              for f in fields(self)))
+
     def set_rows(self, idx: np.ndarray, other: "ItemFeatures") -> "ItemFeatures":
         """A copy with rows `idx` replaced by `other` (grown to max(idx)+1 rows if needed)."""
         n = max(len(self), int(idx.max()) + 1 if idx.size else 0)
