@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import peer as P
 from bench.summary import RESULTS, record
 from pipeline.artifacts import atomic_write_json
 from pipeline.config import apply_overrides, load_config
@@ -112,6 +113,29 @@ def summarize(reports: list[dict], seeds: list, command: str, seconds: float, no
     return out
 
 
+def peer_entry(rows: list[dict], reports: list[dict], seeds: list, command: str, epochs: int) -> dict:
+    """The `peer_sasrec` entry: means over seeds, spread, and ours/peer ratios per seed (same split,
+    same users, same harness, same command)."""
+    for row, report in zip(rows, reports):
+        if row["users"] != report["users"]:
+            raise RuntimeError(f"the peer was scored on {row['users']} users, the cascade on {report['users']}")
+    entry = {m: round(float(np.mean([r[m] for r in rows])), 4) for m in METRICS}
+    entry |= {f"{m}_std": round(float(np.std([r[m] for r in rows], ddof=1)), 4) if len(rows) > 1 else None
+              for m in ("R@10", "N@10")}
+    ratios = {}
+    for arm in ("cascade_mtgr", "cascade_lgbm"):
+        per_seed = [{m: round(rep["arms"][arm][m] / r[m], 3) for m in ("R@10", "N@10")}
+                    for r, rep in zip(rows, reports) if arm in rep["arms"]]
+        if per_seed:
+            ratios[arm] = {"per_seed": per_seed, **{m: round(float(np.mean([p[m] for p in per_seed])), 3)
+                                                    for m in ("R@10", "N@10")}}
+    return {**entry, "seeds": seeds, "per_seed": [{m: round(r[m], 4) for m in ("R@10", "N@10")} for r in rows],
+            "command": command, "users": rows[0]["users"], "peer": "rectools 0.19.0 SASRecModel",
+            "params": {**P.PARAMS, "epochs": epochs}, "epochs_chosen_on": "validation, protocol B seed 1",
+            "train_seconds": [r["train_seconds"] for r in rows],
+            "seconds": round(float(np.mean([r["train_seconds"] for r in rows])), 1), "ours_over_peer": ratios}
+
+
 def _vs_best_channel(report: dict, arm: str) -> dict:
     against = report["arms_vs_channels"][arm]
     best = max(against, key=lambda ch: report["arms"][ch]["N@10"])
@@ -127,6 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol-a", action="store_true", help="also one run of protocol A")
     ap.add_argument("--max-users", type=int, default=None, help="(smoke runs) evaluate a sample of users")
     ap.add_argument("--reuse", action="store_true", help="evaluate run folders left by an earlier call again")
+    ap.add_argument("--peer", action="store_true", help="also RecTools' SASRec on the same splits (needs the "
+                    "peers environment: scripts/install-peers.sh; epochs from `python -m bench.peer`)")
+    ap.add_argument("--peer-epochs", type=int, default=None, help="override the epochs chosen on validation")
     ap.add_argument("--record", action="store_true", help="write the figures to bench/results/summary.json")
     args = ap.parse_args(argv)
     command = "python -m bench.protocol_b " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -140,11 +167,19 @@ def main(argv=None) -> int:
         chosen = tune(apply_overrides(base, protocol(args.seeds[0])))
         result["tuned_on_valid"] = chosen
         cfg_b = apply_overrides(base, {f"channels.{name}.params": c["params"] for name, c in chosen.items()})
-    reports = []
+    python = epochs = None
+    if args.peer:
+        python = P.peer_python()
+        epochs = args.peer_epochs or json.loads(P.TUNING.read_text())["epochs"]
+    reports, peer_rows = [], []
     for seed in args.seeds:
         cfg = apply_overrides(cfg_b, protocol(seed) | {"run.name": f"protocol-b-{key}-{seed}"})
         report, seconds = run_once(cfg, ROOT / "runs" / f"protocol-b-{key}-seed{seed}", args.reuse)
         reports.append(report)
+        if args.peer:
+            peer_rows.append(P.evaluate_peer(load_run(ROOT / "runs" / f"protocol-b-{key}-seed{seed}").split, cfg,
+                                             python, epochs, seed=seed))
+            print(f"  peer_sasrec seed {seed}: " + " ".join(f"{m} {peer_rows[-1][m]:.4f}" for m in METRICS), flush=True)
         result.setdefault("runs", []).append({"seed": seed, "seconds": round(seconds, 1), "protocol": report["protocol"],
                                               "arms": report["arms"], "arms_vs_channels": report["arms_vs_channels"]})
     notes = {"protocol": "B", "tie_order": ", ".join(r["protocol"]["tie_order"] for r in reports),
@@ -153,21 +188,30 @@ def main(argv=None) -> int:
         notes["note"] = "no timestamps in this dataset: request time n/a and no ties to shuffle"
     wall = time.perf_counter() - t0
     robust = summarize(reports, args.seeds, command, wall, notes)
+    if args.peer:
+        robust["peer_sasrec"] = peer_entry(peer_rows, reports, args.seeds, command, epochs) | notes
+        result["peer"] = {"robust": robust["peer_sasrec"]}
     if args.protocol_a:
         report_a, seconds_a = run_once(apply_overrides(cfg_b, protocol(None)), ROOT / "runs" / f"protocol-a-{key}",
                                        args.reuse)
         result["protocol_a"] = {"seconds": round(seconds_a, 1), "arms": report_a["arms"],
                                 "arms_vs_channels": report_a["arms_vs_channels"]}
         standard = summarize([report_a], ["file order"], command, seconds_a, {"protocol": "A"})
+        if args.peer:
+            cfg_a = apply_overrides(cfg_b, protocol(None))
+            row = P.evaluate_peer(load_run(ROOT / "runs" / f"protocol-a-{key}").split, cfg_a, python, epochs, seed=1)
+            standard["peer_sasrec"] = peer_entry([row], [report_a], ["file order"], command, epochs) | {"protocol": "A"}
+            result["peer"]["standard"] = standard["peer_sasrec"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(RESULTS / f"protocol_b_{key}.json", result)
     print(json.dumps({"robust": {k: {m: v[m] for m in ("R@10", "R@10_std", "N@10", "N@10_std")} for k, v in robust.items()},
+                      "ours_over_peer": robust.get("peer_sasrec", {}).get("ours_over_peer"),
                       "wall_seconds": result["wall_seconds"]}, indent=1))
     if args.record:
         for name, entry in robust.items():
             record(f"{key}-robust", name, entry)
         if args.protocol_a:
-            for name in ("cascade_mtgr", "cascade_lgbm"):
+            for name in ("cascade_mtgr", "cascade_lgbm", "peer_sasrec"):
                 if name in standard:
                     record(key, name, standard[name])
     return 0

@@ -15,7 +15,8 @@ from bench.summary import QUALITY_KEYS, SUMMARY
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DATASETS = ("amazon-beauty", "amazon-sports", "amazon-toys")
-METHODS = ("popularity", "item2item", "two_tower", "tiger", "cobra_sparse", "cobra", "cascade_lgbm", "cascade_mtgr")
+METHODS = ("popularity", "item2item", "two_tower", "tiger", "cobra_sparse", "cobra", "peer_sasrec", "cascade_lgbm",
+           "cascade_mtgr")
 
 # SPEC section 9: published numbers under the same protocol (seen items excluded) or as published
 PUBLISHED = {
@@ -43,6 +44,10 @@ def _robust(e: dict | None, metric: str) -> str:
     return _fmt(e[metric]) + (f" ± {float(sd):.4f}" if sd is not None and len(e.get("seeds", [])) > 1 else "")
 
 
+def _source(method: str) -> str:
+    return "RecTools SASRec, same run (bench/peer.py)" if method.startswith("peer_") else "this project"
+
+
 def render(summary: dict) -> str:
     """Protocol A (standard) columns beside protocol B (robust: ties shuffled, request time 'last')."""
     head = "| dataset | method | " + " | ".join(f"A {k}" for k in QUALITY_KEYS) + " | B R@10 | B N@10 | source |"
@@ -57,7 +62,7 @@ def render(summary: dict) -> str:
                 continue
             a_cells = [_fmt(e.get(k)) if isinstance(e, dict) and "R@10" in e else "-" for k in QUALITY_KEYS]
             lines.append(f"| {ds} | {method} | " + " | ".join(a_cells) +
-                         f" | {_robust(b, 'R@10')} | {_robust(b, 'N@10')} | this project |")
+                         f" | {_robust(b, 'R@10')} | {_robust(b, 'N@10')} | {_source(method)} |")
         if entries:
             for name, vals in PUBLISHED.get(ds, []):
                 lines.append(f"| {ds} | {name} | " + " | ".join(vals) + " | - | - | published |")

@@ -60,7 +60,9 @@ STEPS: dict[str, tuple] = {
     "rerank_speed": (f"{PY} bench.rerank_speed", 1),
     "serve_load": (f"{PY} bench.serve_load", 6),
     "ab_beauty": (f"{PY} bench.ab_beauty --record", 35),
-    "protocol_b": (f"{PY} bench.protocol_b --dataset amazon-beauty-2014-5core --seeds 1 2 3 --record", 36),
+    # the peer needs its own environment first: bash scripts/install-peers.sh
+    "peer_tune": (f"{PY} bench.peer", 12),
+    "protocol_b": (f"{PY} bench.protocol_b --dataset amazon-beauty-2014-5core --seeds 1 2 3 --peer --record", 70),
     "protocol_sports": (f"{PY} bench.protocol_b --dataset amazon-sports-2014-5core --seeds 1 --no-tune --protocol-a --record", 40),
     "protocol_toys": (f"{PY} bench.protocol_b --dataset amazon-toys-2014-5core --seeds 1 --no-tune --protocol-a --record", 25),
     "two_tower_b": (f"{PY} bench.two_tower_beauty --shuffle-ties 1", 8),
@@ -69,6 +71,7 @@ STEPS: dict[str, tuple] = {
     "cobra_unconditioned_b": (f"{PY} bench.cobra_ablation --test uncond_tied --key cobra_unconditioned", 3),
     "cobra_latency_b": (f"{PY} bench.cobra_latency --run runs/cobra_cobra_b_sampled_tied-beauty --shuffle-ties 1 --quality", 3),
     "ab_beauty_b": (f"{PY} bench.ab_beauty --shuffle-ties 1 --record", 60),
+    "ray_pools": (f"{PY} bench.ray_pools --record", 10),
     "install_timing": (f"{PY} bench.install_timing --record", 10),
     "readme_table": (f"{PY} bench.readme_table", 0),
 }

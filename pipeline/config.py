@@ -98,6 +98,15 @@ class ArmConfig(Strict):
     rerank: StageConfig | None = None
 
 
+class TrainConfig(Strict):
+    """Where the heavy offline steps run: in this process, or spread over Ray workers (the
+    ranker's label-fold pools and cross features, partitioned by user; same arrays either way)."""
+
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1, le=256)  # Ray Data actors (backend: ray)
+    address: str | None = None  # an existing Ray cluster (None: a local one sized to `workers`)
+
+
 class RunConfig(Strict):
     root: str = "runs"
     name: str = "run"
@@ -112,6 +121,7 @@ class Config(Strict):
     rerank: StageConfig = StageConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+    train: TrainConfig = TrainConfig()
     arms: list[ArmConfig] = []
     control: str | None = None  # the arm the others are compared with (default: the first arm)
 

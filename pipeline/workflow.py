@@ -281,9 +281,11 @@ def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int,
     arms') share the fold fits."""
     from rankers.features import CrossFeatures
     from rankers.passthrough import PassThroughRanker
+    from pipeline.scale import pool_runner
     from rankers.training_data import RankingData, collect, fold_fit_data, ranking_folds
 
     like = like or fit_data(dataset, split, stage, cfg.run.seed)
+    runner = pool_runner(cfg.train)  # None: in process; else the folds' rows spread over Ray workers
     parts = []
     for i, fold in enumerate(ranking_folds(split, stage, n_folds, lambda f: split_frame(f, cfg.data))):
         fdata = fold_fit_data(fold, like)
@@ -300,7 +302,7 @@ def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int,
         features = CrossFeatures(cascade.channel_names, features_config).fit(fdata)
         bar = lambda it, n=fold.name: tqdm(it, desc=f"ranker pools {n}", unit="batch", leave=False, disable=None)
         parts.append(collect(i, fold, retrieval_pools(cascade), features, cfg.data.max_history,
-                             cfg.eval.batch_size, progress=bar, request_time=cfg.eval.request_time))
+                             cfg.eval.batch_size, progress=bar, request_time=cfg.eval.request_time, runner=runner))
         log.info("ranker fold %s: %s", fold.name, parts[-1].stats)
     return RankingData.concat(parts)
 

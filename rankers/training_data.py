@@ -13,6 +13,7 @@ listwise or lambdarank loss, so only those are kept; the counts are reported.
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,11 +137,22 @@ class RankingData:
     def save(self, path: Path) -> None:
         """One .npz (no pickle): arrays, plus channels / names / stats as JSON text."""
         meta = json.dumps({"channels": list(self.channels), "names": list(self.names), "stats": self.stats})
-        np.savez(Path(path), meta=np.array(meta), **{a: getattr(self, a) for a in self._ARRAYS})
+        np.savez(path if hasattr(path, "write") else Path(path), meta=np.array(meta),
+                 **{a: getattr(self, a) for a in self._ARRAYS})
+
+    def to_bytes(self) -> bytes:
+        """The .npz of `save`, in memory (how Ray workers hand their part back: no pickle)."""
+        buf = io.BytesIO()
+        self.save(buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RankingData":
+        return cls.load(io.BytesIO(data))
 
     @classmethod
     def load(cls, path: Path) -> "RankingData":
-        with np.load(Path(path), allow_pickle=False) as z:
+        with np.load(path if hasattr(path, "read") else Path(path), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {a: z[a] for a in cls._ARRAYS}
         return cls(tuple(meta["channels"]), tuple(meta["names"]), stats=meta["stats"], **arrays)
@@ -165,14 +177,15 @@ class RankingData:
         )
 
 
-def collect(fold_index: int, fold: Fold, pools_of: PoolFn, features: CrossFeatures, max_history: int,
-            batch_size: int = 1024, progress: Callable | None = None, request_time: str = "target") -> RankingData:
-    """Pools and features for every target of `fold`; keeps the groups whose pool holds the target."""
-    ev = fold_requests(fold, max_history, request_time)
+def collect_range(fold_index: int, ev, lo: int, hi: int, pools_of: PoolFn, features: CrossFeatures,
+                  batch_size: int = 1024, progress: Callable | None = None) -> tuple[RankingData | None, int, list[int]]:
+    """Rows lo:hi of the fold's requests, `batch_size` at a time: (kept groups or None, targets
+    found in their pool, pool sizes). Ranges that start on a multiple of `batch_size` give the
+    same batches as one pass over all rows, so split ranges concatenate to the same arrays."""
     parts, n_pos, pool_sizes = [], 0, []
-    starts = range(0, len(ev), batch_size)
-    for lo in (progress(starts) if progress else starts):
-        rows = np.arange(lo, min(lo + batch_size, len(ev)))
+    starts = range(lo, hi, batch_size)
+    for start in (progress(starts) if progress else starts):
+        rows = np.arange(start, min(start + batch_size, hi))
         batch = ev.batch.take(rows)
         pools = pools_of(batch)
         pool_sizes += [len(p) for p in pools]
@@ -190,6 +203,27 @@ def collect(fold_index: int, fold: Fold, pools_of: PoolFn, features: CrossFeatur
             np.array([h[0] for h, k in zip(hit, keep) if k], np.int64), sub.users, sub.history, sub.history_times,
             sub.lengths, sub.now, np.full(g, fold_index, np.int64),
         ))
+    return (RankingData.concat(parts) if parts else None), n_pos, pool_sizes
+
+
+# (fold_index, eval set, pools_of, features, batch_size) -> the `collect_range` results of
+# consecutive ranges covering every row, in row order (pipeline/scale.py spreads them over Ray)
+RangeRunner = Callable[[int, object, PoolFn, CrossFeatures, int], list[tuple[RankingData | None, int, list[int]]]]
+
+
+def collect(fold_index: int, fold: Fold, pools_of: PoolFn, features: CrossFeatures, max_history: int,
+            batch_size: int = 1024, progress: Callable | None = None, request_time: str = "target",
+            runner: RangeRunner | None = None) -> RankingData:
+    """Pools and features for every target of `fold`; keeps the groups whose pool holds the target.
+    `runner` computes the ranges elsewhere (Ray workers); None: here, one pass."""
+    ev = fold_requests(fold, max_history, request_time)
+    if runner is None:
+        results = [collect_range(fold_index, ev, 0, len(ev), pools_of, features, batch_size, progress)]
+    else:
+        results = runner(fold_index, ev, pools_of, features, batch_size)
+    parts = [r[0] for r in results if r[0] is not None]
+    n_pos = sum(r[1] for r in results)
+    pool_sizes = [n for r in results for n in r[2]]
     stats = {"fold": fold.name, "requests": len(ev), "with_target_in_pool": n_pos,
              "pool_recall": n_pos / max(len(ev), 1), "mean_pool_size": float(np.mean(pool_sizes)) if pool_sizes else 0.0}
     if not parts:
