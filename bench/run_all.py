@@ -72,6 +72,7 @@ STEPS: dict[str, tuple] = {
     "cobra_latency_b": (f"{PY} bench.cobra_latency --run runs/cobra_cobra_b_sampled_tied-beauty --shuffle-ties 1 --quality", 3),
     "ab_beauty_b": (f"{PY} bench.ab_beauty --shuffle-ties 1 --record", 60),
     "ray_pools": (f"{PY} bench.ray_pools --record", 10),
+    "multinode": (f"{PY} bench.multinode --record", 2),
     "install_timing": (f"{PY} bench.install_timing --record", 10),
     "readme_table": (f"{PY} bench.readme_table", 0),
 }

@@ -45,9 +45,12 @@ LOCAL_ENV = {
 
 def _options(d: DeploymentConfig, cfg: ServeConfig, name: str, **extra: Any) -> dict[str, Any]:
     actor: dict[str, Any] = {"num_cpus": d.num_cpus} | ({"num_gpus": d.num_gpus} if d.num_gpus else {})
+    actor |= {"resources": dict(d.resources)} if d.resources else {}
     scale: dict[str, Any] = {"num_replicas": d.replicas}
     if d.autoscaling is not None:
         scale = {"num_replicas": "auto", "autoscaling_config": d.autoscaling.model_dump()}
+    if d.max_replicas_per_node is not None:
+        scale["max_replicas_per_node"] = d.max_replicas_per_node
     return dict(
         name=name, max_ongoing_requests=d.max_ongoing_requests, ray_actor_options=actor,
         graceful_shutdown_wait_loop_s=cfg.shutdown.graceful_wait_s,

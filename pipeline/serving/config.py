@@ -66,6 +66,11 @@ class DeploymentConfig(Strict):
     max_ongoing_requests: int = Field(32, ge=1, le=10000)
     threads: int = Field(1, ge=1, le=64)  # torch / faiss / BLAS threads inside the replica
     autoscaling: Autoscaling | None = None  # None: `replicas` fixed replicas
+    # placement on a cluster: custom node resources a replica needs (e.g. {"head": 0.01} with
+    # `ray start --resources='{"head": 1}'` keeps it on that node), and a cap per node that
+    # spreads replicas so one node's loss leaves the others serving
+    resources: dict[str, float] = {}
+    max_replicas_per_node: int | None = Field(None, ge=1, le=100)
 
 
 class FaultConfig(Strict):
