@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -55,6 +56,7 @@ def drill(run: Path, before_s: float = 5.0, after_s: float = 15.0, max_requests:
     from pipeline.serving import app
     from pipeline.serving.config import parse_serve_config
 
+    saved_env = dict(os.environ)  # put back after: later subprocesses must not inherit the nodes' settings
     app.init_ray_env(parse_serve_config({}))  # the nodes start from this process: project on their path
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"head": 1}})
     worker = cluster.add_node(num_cpus=2)
@@ -100,6 +102,8 @@ def drill(run: Path, before_s: float = 5.0, after_s: float = 15.0, max_requests:
             if ray.is_initialized():
                 ray.shutdown()
             cluster.shutdown()
+            os.environ.clear()
+            os.environ.update(saved_env)
 
 
 def main(argv=None) -> int:
