@@ -14,6 +14,11 @@ Tuning: the co-visitation and popularity settings are chosen again on the VALIDA
 first seed under protocol B (they were tuned on file order); `--no-tune` keeps the config's
 (Beauty) settings, the generalisation check for Sports and Toys. `--protocol-a` adds one run of
 the standard protocol (file order, request time = target time) under the plain dataset key.
+`--only-a` runs protocol A alone (with `--peer`: the peer beside it), with the channel settings
+chosen by the last protocol-B call (`tuned_on_valid` in bench/results/protocol_b_<key>.json), and
+writes bench/results/protocol_a_<key>.json, leaving the protocol-B file and records as they are:
+
+    python -m bench.protocol_b --only-a --peer --record
 """
 from __future__ import annotations
 
@@ -143,12 +148,57 @@ def _vs_best_channel(report: dict, arm: str) -> dict:
                                 for m, r in against[best].items()}}
 
 
+def tuned_before(key: str) -> dict[str, dict]:
+    """The channel settings the last protocol-B call chose on validation (for `--only-a`)."""
+    path = RESULTS / f"protocol_b_{key}.json"
+    if not path.is_file() or "tuned_on_valid" not in (done := json.loads(path.read_text())):
+        raise SystemExit(f"--only-a: {path} holds no tuned_on_valid; run protocol B first, or pass --no-tune")
+    return done["tuned_on_valid"]
+
+
+def _run_a(args, cfg_b, python, epochs, command: str, key: str) -> tuple[dict, dict]:
+    """One run of protocol A (and the peer on its split): (the result section, {method: entry})."""
+    cfg_a = apply_overrides(cfg_b, protocol(None))
+    out = ROOT / "runs" / f"protocol-a-{key}"
+    report_a, seconds_a = run_once(cfg_a, out, args.reuse)
+    section = {"seconds": round(seconds_a, 1), "arms": report_a["arms"], "arms_vs_channels": report_a["arms_vs_channels"]}
+    standard = summarize([report_a], ["file order"], command, seconds_a, {"protocol": "A"})
+    if args.peer:
+        row = P.evaluate_peer(load_run(out).split, cfg_a, python, epochs, seed=1)
+        print("  peer_sasrec protocol A: " + " ".join(f"{m} {row[m]:.4f}" for m in METRICS), flush=True)
+        standard["peer_sasrec"] = peer_entry([row], [report_a], ["file order"], command, epochs) | {"protocol": "A"}
+    return section, standard
+
+
+def _record_a(key: str, standard: dict) -> None:
+    for name in ("cascade_mtgr", "cascade_lgbm", "peer_sasrec"):
+        if name in standard:
+            record(key, name, standard[name])
+
+
+def _only_a(args, result: dict, cfg_b, python, epochs, command: str, key: str, t0: float) -> int:
+    """`--only-a`: protocol A written apart from the protocol-B results (bench/results/protocol_a_<key>.json)."""
+    result["protocol_a"], standard = _run_a(args, cfg_b, python, epochs, command, key)
+    if "peer_sasrec" in standard:
+        result["peer"] = {"standard": standard["peer_sasrec"]}
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_json(RESULTS / f"protocol_a_{key}.json", result)
+    print(json.dumps({"standard": {k: {m: v[m] for m in ("R@10", "N@10")} for k, v in standard.items()},
+                      "ours_over_peer": standard.get("peer_sasrec", {}).get("ours_over_peer"),
+                      "wall_seconds": result["wall_seconds"]}, indent=1))
+    if args.record:
+        _record_a(key, standard)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="amazon-beauty-2014-5core")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="tie-shuffle seeds of protocol B")
     ap.add_argument("--no-tune", action="store_true", help="keep the config's channel settings (generalisation)")
     ap.add_argument("--protocol-a", action="store_true", help="also one run of protocol A")
+    ap.add_argument("--only-a", action="store_true", help="protocol A alone, with the channel settings "
+                    "tuned by the last protocol-B call (bench/results/protocol_b_<key>.json)")
     ap.add_argument("--max-users", type=int, default=None, help="(smoke runs) evaluate a sample of users")
     ap.add_argument("--reuse", action="store_true", help="evaluate run folders left by an earlier call again")
     ap.add_argument("--peer", action="store_true", help="also RecTools' SASRec on the same splits (needs the "
@@ -161,16 +211,18 @@ def main(argv=None) -> int:
     key = KEYS.get(args.dataset, args.dataset)
     base = load_config(CONFIG, {"data.path": str(ROOT.parent / "shared" / "data" / args.dataset), "arms": ARMS,
                                 "eval.max_users": args.max_users, "ranker.params.progress": False})
-    result: dict = {"command": command, "dataset": args.dataset, "seeds": args.seeds}
+    result: dict = {"command": command, "dataset": args.dataset, "seeds": [] if args.only_a else args.seeds}
     cfg_b = base
     if not args.no_tune:
-        chosen = tune(apply_overrides(base, protocol(args.seeds[0])))
+        chosen = tuned_before(key) if args.only_a else tune(apply_overrides(base, protocol(args.seeds[0])))
         result["tuned_on_valid"] = chosen
         cfg_b = apply_overrides(base, {f"channels.{name}.params": c["params"] for name, c in chosen.items()})
     python = epochs = None
     if args.peer:
         python = P.peer_python()
         epochs = args.peer_epochs or json.loads(P.TUNING.read_text())["epochs"]
+    if args.only_a:
+        return _only_a(args, result, cfg_b, python, epochs, command, key, t0)
     reports, peer_rows = [], []
     for seed in args.seeds:
         cfg = apply_overrides(cfg_b, protocol(seed) | {"run.name": f"protocol-b-{key}-{seed}"})
@@ -192,15 +244,8 @@ def main(argv=None) -> int:
         robust["peer_sasrec"] = peer_entry(peer_rows, reports, args.seeds, command, epochs) | notes
         result["peer"] = {"robust": robust["peer_sasrec"]}
     if args.protocol_a:
-        report_a, seconds_a = run_once(apply_overrides(cfg_b, protocol(None)), ROOT / "runs" / f"protocol-a-{key}",
-                                       args.reuse)
-        result["protocol_a"] = {"seconds": round(seconds_a, 1), "arms": report_a["arms"],
-                                "arms_vs_channels": report_a["arms_vs_channels"]}
-        standard = summarize([report_a], ["file order"], command, seconds_a, {"protocol": "A"})
-        if args.peer:
-            cfg_a = apply_overrides(cfg_b, protocol(None))
-            row = P.evaluate_peer(load_run(ROOT / "runs" / f"protocol-a-{key}").split, cfg_a, python, epochs, seed=1)
-            standard["peer_sasrec"] = peer_entry([row], [report_a], ["file order"], command, epochs) | {"protocol": "A"}
+        result["protocol_a"], standard = _run_a(args, cfg_b, python, epochs, command, key)
+        if "peer_sasrec" in standard:
             result["peer"]["standard"] = standard["peer_sasrec"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(RESULTS / f"protocol_b_{key}.json", result)
@@ -211,9 +256,7 @@ def main(argv=None) -> int:
         for name, entry in robust.items():
             record(f"{key}-robust", name, entry)
         if args.protocol_a:
-            for name in ("cascade_mtgr", "cascade_lgbm", "peer_sasrec"):
-                if name in standard:
-                    record(key, name, standard[name])
+            _record_a(key, standard)
     return 0
 
 
