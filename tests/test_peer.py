@@ -2,6 +2,8 @@
 ratio entry. One test trains the real RecTools SASRec when the peers environment exists."""
 from __future__ import annotations
 
+import json
+
 
 import numpy as np
 import pandas as pd
@@ -115,3 +117,14 @@ def test_real_rectools_sasrec_returns_unseen_lists(tmp_path):
         seen = set(hist.loc[hist["user_id"] == user, "item_id"])
         assert not seen & set(recs.loc[recs["user_id"] == user, "item_id"])  # the peer filtered seen items itself
         assert not seen & set(topk[row][topk[row] != PAD].tolist())
+
+
+def test_only_a_reads_the_settings_tuned_by_protocol_b(tmp_path, monkeypatch):
+    import bench.protocol_b as B
+
+    monkeypatch.setattr(B, "RESULTS", tmp_path)
+    with pytest.raises(SystemExit, match="holds no tuned_on_valid; run protocol B first"):
+        B.tuned_before("amazon-beauty")
+    chosen = {"item2item": {"params": {"window": 5}, "valid_N@10": 0.05}}
+    (tmp_path / "protocol_b_amazon-beauty.json").write_text(json.dumps({"tuned_on_valid": chosen}))
+    assert B.tuned_before("amazon-beauty") == chosen
