@@ -170,25 +170,29 @@ def _run_a(args, cfg_b, python, epochs, command: str, key: str) -> tuple[dict, d
     return section, standard
 
 
-def _record_a(key: str, standard: dict) -> None:
-    for name in ("cascade_mtgr", "cascade_lgbm", "peer_sasrec"):
-        if name in standard:
-            record(key, name, standard[name])
-
-
-def _only_a(args, result: dict, cfg_b, python, epochs, command: str, key: str, t0: float) -> int:
-    """`--only-a`: protocol A written apart from the protocol-B results (bench/results/protocol_a_<key>.json)."""
-    result["protocol_a"], standard = _run_a(args, cfg_b, python, epochs, command, key)
-    if "peer_sasrec" in standard:
-        result["peer"] = {"standard": standard["peer_sasrec"]}
-    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(RESULTS / f"protocol_a_{key}.json", result)
-    print(json.dumps({"standard": {k: {m: v[m] for m in ("R@10", "N@10")} for k, v in standard.items()},
-                      "ours_over_peer": standard.get("peer_sasrec", {}).get("ours_over_peer"),
-                      "wall_seconds": result["wall_seconds"]}, indent=1))
-    if args.record:
-        _record_a(key, standard)
-    return 0
+def _run_b(args, result: dict, cfg_b, python, epochs, command: str, key: str, t0: float) -> dict[str, dict]:
+    """Protocol B over args.seeds (and the peer on each split): {method: entry}; fills `result`."""
+    reports, peer_rows = [], []
+    for seed in args.seeds:
+        cfg = apply_overrides(cfg_b, protocol(seed) | {"run.name": f"protocol-b-{key}-{seed}"})
+        report, seconds = run_once(cfg, ROOT / "runs" / f"protocol-b-{key}-seed{seed}", args.reuse)
+        reports.append(report)
+        if args.peer:
+            peer_rows.append(P.evaluate_peer(load_run(ROOT / "runs" / f"protocol-b-{key}-seed{seed}").split, cfg,
+                                             python, epochs, seed=seed))
+            print(f"  peer_sasrec seed {seed}: " + " ".join(f"{m} {peer_rows[-1][m]:.4f}" for m in METRICS), flush=True)
+        result.setdefault("runs", []).append({"seed": seed, "seconds": round(seconds, 1), "protocol": report["protocol"],
+                                              "arms": report["arms"], "arms_vs_channels": report["arms_vs_channels"]})
+    notes = {"protocol": "B", "tie_order": ", ".join(r["protocol"]["tie_order"] for r in reports),
+             "request_time": "last (evaluation and ranker folds)"}
+    if not load_run(ROOT / "runs" / f"protocol-b-{key}-seed{args.seeds[0]}").dataset.has_time:
+        notes["note"] = "no timestamps in this dataset: request time n/a and no ties to shuffle"
+    wall = time.perf_counter() - t0
+    robust = summarize(reports, args.seeds, command, wall, notes)
+    if args.peer:
+        robust["peer_sasrec"] = peer_entry(peer_rows, reports, args.seeds, command, epochs) | notes
+        result["peer"] = {"robust": robust["peer_sasrec"]}
+    return robust
 
 
 def main(argv=None) -> int:
@@ -221,42 +225,26 @@ def main(argv=None) -> int:
     if args.peer:
         python = P.peer_python()
         epochs = args.peer_epochs or json.loads(P.TUNING.read_text())["epochs"]
-    if args.only_a:
-        return _only_a(args, result, cfg_b, python, epochs, command, key, t0)
-    reports, peer_rows = [], []
-    for seed in args.seeds:
-        cfg = apply_overrides(cfg_b, protocol(seed) | {"run.name": f"protocol-b-{key}-{seed}"})
-        report, seconds = run_once(cfg, ROOT / "runs" / f"protocol-b-{key}-seed{seed}", args.reuse)
-        reports.append(report)
-        if args.peer:
-            peer_rows.append(P.evaluate_peer(load_run(ROOT / "runs" / f"protocol-b-{key}-seed{seed}").split, cfg,
-                                             python, epochs, seed=seed))
-            print(f"  peer_sasrec seed {seed}: " + " ".join(f"{m} {peer_rows[-1][m]:.4f}" for m in METRICS), flush=True)
-        result.setdefault("runs", []).append({"seed": seed, "seconds": round(seconds, 1), "protocol": report["protocol"],
-                                              "arms": report["arms"], "arms_vs_channels": report["arms_vs_channels"]})
-    notes = {"protocol": "B", "tie_order": ", ".join(r["protocol"]["tie_order"] for r in reports),
-             "request_time": "last (evaluation and ranker folds)"}
-    if not load_run(ROOT / "runs" / f"protocol-b-{key}-seed{args.seeds[0]}").dataset.has_time:
-        notes["note"] = "no timestamps in this dataset: request time n/a and no ties to shuffle"
-    wall = time.perf_counter() - t0
-    robust = summarize(reports, args.seeds, command, wall, notes)
-    if args.peer:
-        robust["peer_sasrec"] = peer_entry(peer_rows, reports, args.seeds, command, epochs) | notes
-        result["peer"] = {"robust": robust["peer_sasrec"]}
-    if args.protocol_a:
+    robust = {} if args.only_a else _run_b(args, result, cfg_b, python, epochs, command, key, t0)
+    standard = {}
+    if args.protocol_a or args.only_a:
         result["protocol_a"], standard = _run_a(args, cfg_b, python, epochs, command, key)
         if "peer_sasrec" in standard:
-            result["peer"]["standard"] = standard["peer_sasrec"]
+            result.setdefault("peer", {})["standard"] = standard["peer_sasrec"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(RESULTS / f"protocol_b_{key}.json", result)
-    print(json.dumps({"robust": {k: {m: v[m] for m in ("R@10", "R@10_std", "N@10", "N@10_std")} for k, v in robust.items()},
-                      "ours_over_peer": robust.get("peer_sasrec", {}).get("ours_over_peer"),
-                      "wall_seconds": result["wall_seconds"]}, indent=1))
+    atomic_write_json(RESULTS / f"protocol_{'a' if args.only_a else 'b'}_{key}.json", result)
+    shown = {name: part for name, part in (("robust", robust), ("standard", standard)) if part}
+    brief = {name: {k: {m: v[m] for m in ("R@10", "R@10_std", "N@10", "N@10_std")} for k, v in part.items()}
+             for name, part in shown.items()}
+    brief["ours_over_peer"] = {name: part["peer_sasrec"]["ours_over_peer"] for name, part in shown.items()
+                               if "peer_sasrec" in part}
+    print(json.dumps(brief | {"wall_seconds": result["wall_seconds"]}, indent=1))
     if args.record:
         for name, entry in robust.items():
             record(f"{key}-robust", name, entry)
-        if args.protocol_a:
-            _record_a(key, standard)
+        for name in ("cascade_mtgr", "cascade_lgbm", "peer_sasrec"):
+            if name in standard:
+                record(key, name, standard[name])
     return 0
 
 
