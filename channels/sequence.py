@@ -11,7 +11,9 @@ history).
 `train_loop` knows nothing about the model's loss: the channel passes one function that runs a
 training step on a batch of window rows and returns its losses, and (optionally) a validation
 function returning metrics; the loop keeps the best weights by `metric`, stops after `patience`
-epochs without improvement or after `max_seconds`, and restores the best weights.
+epochs without improvement or after `max_seconds`, and restores the best weights. Under Ray
+Train each rank runs its rows of every batch (pipeline/data_parallel.py); the step
+averages its gradients over the ranks after backward.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipeline import data_parallel
 from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
@@ -236,12 +239,15 @@ def train_loop(model: nn.Module, windows: Windows, batch_size: int, rng: np.rand
     report, best_state, start, cpu_start = FitReport(), None, time.perf_counter(), time.process_time()
     key = cfg.prefix + cfg.metric
     n_epochs = cfg.max_epochs if evaluate is not None else cfg.epochs
+    progress = cfg.progress and data_parallel.is_main()
+    data_parallel.broadcast_parameters(model)
     for epoch in range(1, n_epochs + 1):
         model.train()
         sums: dict[str, float] = {}
         count, t0 = 0, time.perf_counter()
-        bar = tqdm(batches(windows, batch_size, rng), desc=f"{cfg.name} epoch {epoch}", unit="batch", leave=False,
-                   disable=not cfg.progress)
+        data_parallel.sync_rng(rng)  # the same shuffle on every rank; each takes its rows of every batch
+        mine = data_parallel.shard(batches(windows, batch_size, rng))
+        bar = tqdm(mine, desc=f"{cfg.name} epoch {epoch}", unit="batch", leave=False, disable=not progress)
         for rows in bar:
             for k, v in step(rows).items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -256,11 +262,11 @@ def train_loop(model: nn.Module, windows: Windows, batch_size: int, rng: np.rand
         report.epochs.append(row)
         shown = {k: round(v, 4) for k, v in row.items() if k != "epoch"}
         log.info("%s epoch %d: %s", cfg.name, epoch, shown)
-        if cfg.progress:
+        if progress:
             tqdm.write(f"{cfg.name} epoch {epoch}: {shown}")
-        if evaluate is not None and epoch - report.best_epoch >= cfg.patience:
-            break
-        if cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds:
+        patience_out = evaluate is not None and epoch - report.best_epoch >= cfg.patience
+        over_time = cfg.max_seconds is not None and time.perf_counter() - start > cfg.max_seconds
+        if data_parallel.agree(patience_out or over_time):  # ranks stop together (clocks differ)
             break
     if best_state is not None:
         model.load_state_dict(best_state)

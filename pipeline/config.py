@@ -100,11 +100,13 @@ class ArmConfig(Strict):
 
 class TrainConfig(Strict):
     """Where the heavy offline steps run: in this process, or spread over Ray workers (the
-    ranker's label-fold pools and cross features, partitioned by user; same arrays either way)."""
+    ranker's label-fold pools and cross features, partitioned by user; same arrays either way;
+    the torch channels' training under Ray Train, data parallel over `workers`)."""
 
     backend: Literal["local", "ray"] = "local"
-    workers: int = Field(2, ge=1, le=256)  # Ray Data actors (backend: ray)
+    workers: int = Field(2, ge=1, le=256)  # Ray Data actors and Ray Train workers (backend: ray)
     address: str | None = None  # an existing Ray cluster (None: a local one sized to `workers`)
+    storage: str | None = None  # Ray Train checkpoints (None: a temporary folder; a cluster needs shared storage)
 
 
 class RunConfig(Strict):

@@ -1,5 +1,14 @@
 """Heavy offline steps on Ray (config `train.backend: ray`, SPEC section 10).
 
+Torch models (the channels whose class sets `data_parallel = True`: two-tower, COBRA) train under
+Ray Train's TorchTrainer with `train.workers` workers: each worker builds the channel from the same
+config and seed, fits it on the same FitData (it reaches the workers once, through the object
+store) and the training loop shards every epoch's batches and averages gradients over the ranks
+(pipeline/data_parallel.py). Rank 0 saves the fitted channel as the Ray Train checkpoint; the
+driver loads it back with the channel's own `load` (JSON, .npy, faiss and weights-only torch files,
+no pickle). Checkpoints go to `train.storage` (default: a temporary folder on this machine; on a
+cluster of several machines it must be a path every node sees, e.g. NFS).
+
 The ranker's label-fold pools and cross features are computed per user: a fold's requests are cut
 into ranges of whole batches, and Ray Data actors (`train.workers` of them) each take ranges, run
 the fold's fitted channels, pool and cross features on them (`rankers.training_data.collect_range`)
@@ -14,17 +23,21 @@ with the job).
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import TrainConfig
+from pipeline.config import ChannelConfig, TrainConfig
 from rankers.training_data import RangeRunner, RankingData, collect_range
 
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(cfg: TrainConfig) -> None:
+def ensure_ray(cfg: TrainConfig, min_cpus: int = 0) -> None:
     import ray
 
     if ray.is_initialized():
@@ -32,7 +45,8 @@ def ensure_ray(cfg: TrainConfig) -> None:
     if cfg.address:
         ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     else:  # one CPU per actor and one for Ray Data's own tasks (with none left over they never run)
-        ray.init(num_cpus=cfg.workers + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=max(cfg.workers + 1, min_cpus), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
 
 
 class _PoolActor:
@@ -85,3 +99,81 @@ def ray_runner(cfg: TrainConfig, batches_per_range: int = 4) -> RangeRunner:
 def pool_runner(cfg: TrainConfig) -> RangeRunner | None:
     """The runner `collect` should use under this config (None: in process)."""
     return ray_runner(cfg) if cfg.backend == "ray" else None
+
+
+# ---- torch models under Ray Train ----------------------------------------------------------
+def trains_on_ray(component, cfg: TrainConfig) -> bool:
+    """Whether `component` (a channel or a ranker) is fitted by Ray Train under this config."""
+    return cfg.backend == "ray" and bool(getattr(type(component), "data_parallel", False))
+
+
+def fit_channel(ccfg: ChannelConfig, data, cfg: TrainConfig):
+    """A channel built from `ccfg` and fitted on `data`: in process, or under Ray Train when the
+    config says `backend: ray` and the channel is a torch model."""
+    from pipeline.registry import build_channel
+
+    channel = build_channel(ccfg)
+    return fit_on_ray(channel, (data,), cfg, ccfg.name) if trains_on_ray(channel, cfg) else channel.fit(data)
+
+
+def _train_worker(config: dict) -> None:
+    """One Ray Train worker: fit its copy of the component (the loops shard and all-reduce);
+    rank 0 saves it as the checkpoint."""
+    import ray
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    component = ray.get(config["component"])
+    own_threads = component.num_threads
+    component.num_threads = config["threads"]
+    if rank != 0:
+        component.progress = False
+    t = time.perf_counter()
+    component.fit(*ray.get(config["args"]))
+    metrics = {"rank": rank, "world": ctx.get_world_size(), "fit_seconds": time.perf_counter() - t}
+    component.num_threads = own_threads  # the saved component serves with its configured threads
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        component.save(Path(tmp) / "model")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def fit_on_ray(component, args: tuple, cfg: TrainConfig, name: str):
+    """`component.fit(*args)` by `cfg.workers` Ray Train workers (CPU workers, gloo): each fits a
+    copy from the same seed; returns rank 0's fitted copy, loaded from its checkpoint with the
+    class's own `load`. The component's torch threads are shared out over the workers."""
+    import ray
+    import ray.train
+    import torch
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    threads = max(1, (component.num_threads or torch.get_num_threads()) // cfg.workers)
+    ensure_ray(cfg, min_cpus=cfg.workers * threads)
+    storage = Path(cfg.storage) if cfg.storage else Path(tempfile.mkdtemp(prefix="hybridrec-train-"))
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"component": ray.put(component), "args": ray.put(args), "threads": threads},
+        torch_config=TorchConfig(backend="gloo"),
+        # a worker holds as many CPUs as it runs threads: Ray then sets its OMP/BLAS threads to match,
+        # so 1 worker computes exactly what this process would
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=False,
+                                               resources_per_worker={"CPU": threads}),
+        run_config=ray.train.RunConfig(name=f"fit-{name}-{time.time_ns()}", storage_path=str(storage)),
+    )
+    t = time.perf_counter()
+    try:
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"'{name}': Ray Train finished without a checkpoint ({result.error})")
+        with result.checkpoint.as_directory() as folder:
+            fitted = type(component).load(Path(folder) / "model")
+    finally:
+        if not cfg.storage:
+            shutil.rmtree(storage, ignore_errors=True)
+    fitted.ray_train_ = {"workers": cfg.workers, "threads_per_worker": threads, "seconds": time.perf_counter() - t,
+                         "fit_seconds": result.metrics.get("fit_seconds")}
+    log.info("'%s' fitted by %d Ray Train workers in %.1f s", name, cfg.workers, fitted.ray_train_["seconds"])
+    return fitted

@@ -30,6 +30,7 @@ from pipeline.protocols import FitData
 from pipeline.registry import (
     RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, check_components, import_object,
 )
+from pipeline.scale import fit_channel, fit_on_ray, trains_on_ray
 
 log = logging.getLogger(__name__)
 FALLBACK = "fallback"  # name of the cascade's own popularity channel
@@ -162,7 +163,7 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
         dataset.save(tmp / "data")
         for ccfg in tqdm(cfg.enabled_channels(), desc="fit channels", unit="channel", disable=None):
             t = time.perf_counter()
-            channel = build_channel(ccfg).fit(data)
+            channel = fit_channel(ccfg, data, cfg.train)
             savable = callable(getattr(channel, "save", None)) and callable(getattr(type(channel), "load", None))
             if savable:
                 channel.save(tmp / "channels" / ccfg.name)
@@ -295,7 +296,7 @@ def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int,
             if channel_cache is not None and key in channel_cache:
                 channels[ccfg.name] = channel_cache[key]
                 continue
-            channels[ccfg.name] = build_channel(ccfg).fit(fdata)
+            channels[ccfg.name] = fit_channel(ccfg, fdata, cfg.train)
             if channel_cache is not None:
                 channel_cache[key] = channels[ccfg.name]
         cascade = build_cascade(cfg, channels, ranker=PassThroughRanker())
@@ -320,6 +321,9 @@ def fit_ranker(ranker, cfg: Config, dataset: Dataset, split, stage: str, data: F
     t_pools = time.perf_counter() - t
     # bind first: the serving features hold the item tables a model may be built from
     ranker.bind(data, tuple(c.name for c in cfg.enabled_channels()))
-    ranker.fit(train_part, holdout)
+    if trains_on_ray(ranker, cfg.train):  # the caller's ranker object takes the state Ray Train fitted
+        vars(ranker).update(vars(fit_on_ray(ranker, (train_part, holdout), cfg.train, cfg.ranker.kind)))
+    else:
+        ranker.fit(train_part, holdout)
     return {"folds": labelled.stats, "train_groups": len(train_part), "holdout_groups": len(holdout),
             "features": list(labelled.names), "seconds_pools": t_pools, "report": getattr(ranker, "report_", None)}

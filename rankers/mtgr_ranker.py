@@ -27,6 +27,8 @@ _OTHER = ("name", "train_folds", "holdout", "windows_days", "price_buckets", "nu
 
 
 class MTGRRanker(FeatureRankerMixin):
+    data_parallel = True  # train.backend: ray trains it under Ray Train (pipeline/scale.py)
+
     def __init__(
         self, *, name: str = "mtgr", d_model: int = 64, n_layers: int = 2, n_heads: int = 2, dropout: float = 0.2,
         id_dropout: float = 0.1, group_norm: bool = True, cross_features: bool = True, mask: str = "dynamic",

@@ -3,7 +3,8 @@
 Loss per request: softmax cross-entropy over its pool with the true next item as the positive
 (listwise), plus `pointwise_weight` x binary cross-entropy of every candidate (the pointwise head;
 Beauty has a single signal, a data set with clicks and purchases would give it its own label).
-Early stopping on the held-out users' NDCG@10 inside their pools.
+Early stopping on the held-out users' NDCG@10 inside their pools. Under Ray Train every rank takes
+its rows of each batch and averages gradients (pipeline/data_parallel.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import data_parallel
 from pipeline.types import PAD, RequestBatch
 from rankers.mtgr import MTGR, MTGRInputs
 
@@ -139,16 +141,20 @@ def train_model(model: MTGR, train, holdout, cfg: TrainConfig, progress: bool = 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     report, best_state, bad = TrainReport(), None, 0
     t0 = time.perf_counter()
+    progress = progress and data_parallel.is_main()
+    data_parallel.broadcast_parameters(model)
     for epoch in range(1, cfg.max_epochs + 1):
         model.train()
+        data_parallel.sync_rng(rng)  # the same permutation on every rank (Ray Train); each takes its rows of every batch
         order = rng.permutation(len(train))
         total, steps = 0.0, 0
-        for lo in range(0, len(order), cfg.batch_size):
-            groups = np.sort(order[lo : lo + cfg.batch_size])
+        for part in data_parallel.shard([order[lo : lo + cfg.batch_size] for lo in range(0, len(order), cfg.batch_size)]):
+            groups = np.sort(part)
             inp, positive = _group_inputs(train, groups, cfg, rng)
             loss = _loss(model, inp, positive, cfg.pointwise_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            data_parallel.average_gradients(model.parameters())  # no-op in one process
             opt.step()
             total, steps = total + loss.item(), steps + 1
         metrics = holdout_metrics(model, holdout)
@@ -162,8 +168,8 @@ def train_model(model: MTGR, train, holdout, cfg: TrainConfig, progress: bool = 
             best_state, bad = copy.deepcopy(model.state_dict()), 0
         else:
             bad += 1
-            if bad >= cfg.patience:
-                break
+        if data_parallel.agree(bad >= cfg.patience):
+            break
     report.epochs, report.seconds = len(report.history), time.perf_counter() - t0
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -49,6 +49,8 @@ FORMAT = 2  # saved-artifact layout: 2 = the shared causal encoder (channels/seq
 
 
 class CobraChannel:
+    data_parallel = True  # train.backend: ray fits it under Ray Train (pipeline/scale.py)
+
     def __init__(
         self, *, name: str = "cobra", mode: str = "cobra",
         text: str = "tfidf", svd_dim: int = 64, min_df: int = 1, sentence_model: str | None = None,

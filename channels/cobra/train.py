@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from channels.cobra.model import CobraModel
 from channels.sequence import FitReport, LoopConfig, NegativeSampler, Windows, build_windows, train_loop, trim
+from pipeline import data_parallel
 from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ def fit_model(model: CobraModel, codes: torch.Tensor, features: dict[str, torch.
         out = loss_fn(inputs, targets, gen)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
+        data_parallel.average_gradients(model.parameters())  # no-op in one process
         if cfg.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
         opt.step()

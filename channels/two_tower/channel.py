@@ -41,6 +41,8 @@ def item_inputs(features: ItemFeatures, ids: np.ndarray | None = None) -> ItemIn
 
 
 class TwoTowerChannel:
+    data_parallel = True  # train.backend: ray fits it under Ray Train (pipeline/scale.py)
+
     def __init__(
         self, *, name: str = "two_tower",
         # user tower

@@ -22,6 +22,7 @@ from channels.sequence import (
     FitReport, LoopConfig, NegativeSampler, Windows, build_windows, train_loop, trim, user_sequences,
 )
 from channels.two_tower.model import ItemInputs, TwoTowerModel
+from pipeline import data_parallel
 from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def fit_model(model: TwoTowerModel, items: ItemInputs, windows: Windows, cfg: Tr
             loss = loss * (float((targets >= 0).sum()) / per_batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        data_parallel.average_gradients(model.parameters())  # no-op in one process
         opt.step()
         return {"loss": loss.item()}
 
