@@ -131,7 +131,13 @@ def _train_worker(config: dict) -> None:
         component.progress = False
     t = time.perf_counter()
     component.fit(*ray.get(config["args"]))
-    metrics = {"rank": rank, "world": ctx.get_world_size(), "fit_seconds": time.perf_counter() - t}
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if ctx.get_world_size() > 1:  # every rank's node, in rank order (on rank 0's report)
+        import torch.distributed
+
+        nodes = [None] * ctx.get_world_size()
+        torch.distributed.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    metrics = {"rank": rank, "world": ctx.get_world_size(), "fit_seconds": time.perf_counter() - t, "nodes": nodes}
     component.num_threads = own_threads  # the saved component serves with its configured threads
     if rank != 0:
         ray.train.report(metrics)
@@ -174,6 +180,62 @@ def fit_on_ray(component, args: tuple, cfg: TrainConfig, name: str):
         if not cfg.storage:
             shutil.rmtree(storage, ignore_errors=True)
     fitted.ray_train_ = {"workers": cfg.workers, "threads_per_worker": threads, "seconds": time.perf_counter() - t,
-                         "fit_seconds": result.metrics.get("fit_seconds")}
+                         "fit_seconds": result.metrics.get("fit_seconds"), "nodes": result.metrics.get("nodes")}
     log.info("'%s' fitted by %d Ray Train workers in %.1f s", name, cfg.workers, fitted.ray_train_["seconds"])
     return fitted
+
+
+# ---- offline evaluation on Ray Data ---------------------------------------------------------
+class _EvalActor:
+    """A Ray Data actor that loads the run folder once and answers (key, lo, hi, k) row ranges of
+    the evaluation set with the top-k lists of a channel or an arm."""
+
+    def __init__(self, run_path: str, eval_args: dict, arms: list[dict] | None, threads: int = 1) -> None:
+        import torch
+
+        from pipeline.config import ArmConfig
+        from pipeline.evaluation.arms import build_arms
+        from pipeline.evaluation.harness import build_eval_set, channel_topk_fn
+        from pipeline.workflow import load_run
+
+        torch.set_num_threads(threads)
+        run = load_run(run_path)
+        self.evalset = build_eval_set(run.split, run.stage, **eval_args)
+        built = build_arms(run, None if arms is None else [ArmConfig.model_validate(a) for a in arms])
+        self.fns = {f"channel:{n}": channel_topk_fn(ch) for n, ch in run.channels.items()}
+        self.fns |= {f"arm:{a.name}": a.cascade.topk for a in built}
+
+    def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
+        from pipeline.types import PAD
+
+        blobs = []
+        for key, lo, hi, k in zip(chunk["key"], chunk["lo"].tolist(), chunk["hi"].tolist(), chunk["k"].tolist()):
+            got = np.asarray(self.fns[key](self.evalset.batch.take(slice(lo, hi)), k), np.int64)
+            out = np.full((hi - lo, k), PAD, np.int64)
+            out[:, : got.shape[1]] = got[:, :k]
+            blobs.append(out.tobytes())
+        return chunk.assign(blob=blobs)
+
+
+def ray_topk(run_path: str, eval_args: dict, arms: list[dict] | None, wanted: dict[str, int], n_rows: int,
+             batch_size: int, cfg: TrainConfig) -> dict[str, np.ndarray]:
+    """Top-k lists of every key in `wanted` ('channel:<name>' / 'arm:<name>' -> k) over the
+    evaluation set's rows, batch by batch on `cfg.workers` actors; the same batches, hence the
+    same arrays, as the in-process pass (tests/test_scale.py)."""
+    import ray
+
+    ensure_ray(cfg)
+    table = pd.DataFrame([{"key": key, "lo": lo, "hi": min(lo + batch_size, n_rows), "k": k}
+                          for key, k in wanted.items() for lo in range(0, n_rows, batch_size)])
+    ds = ray.data.from_pandas([table.iloc[i: i + 1] for i in range(len(table))])
+    out = ds.map_batches(_EvalActor, fn_constructor_args=(run_path, eval_args, arms), batch_size=1,
+                         batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+                         num_cpus=1).to_pandas()
+    if len(out) != len(table):
+        raise RuntimeError(f"Ray returned {len(out)} of {len(table)} evaluation row ranges")
+    lists = {}
+    for key, k in wanted.items():
+        part = out[out["key"] == key].sort_values("lo", kind="stable")
+        lists[key] = np.concatenate([np.frombuffer(bytes(b), np.int64).reshape(-1, k) for b in part["blob"]]) \
+            if len(part) else np.zeros((0, k), np.int64)
+    return lists

@@ -109,3 +109,25 @@ def test_items_metadata_and_creation_times(data_default: tuple[Dataset, float]) 
 def test_rejects_too_short_sequences() -> None:
     with pytest.raises(ValueError, match="mean_length must be >= 5"):
         synthesize(mean_length=3)
+
+
+def test_catalog_generator_scales_linearly_and_is_seeded() -> None:
+    from pipeline.data import synthesize_catalog
+
+    a = synthesize_catalog(2000, items_per_category=50, seed=4)
+    b = synthesize_catalog(2000, items_per_category=50, seed=4)
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != synthesize_catalog(2000, items_per_category=50, seed=5).fingerprint()
+    assert a.n_items == 2000 and a.n_users == 2500  # 10 events per item, 8 per user
+    assert abs(a.n_interactions - 20_000) < 1500
+    inter = a.interactions
+    per_user = inter.groupby("user_id").size()
+    assert per_user.min() >= 5
+    assert (inter.groupby("user_id")["timestamp"].diff().dropna() > 0).all()  # strictly increasing per user
+    cat = a.items.set_index("item_id")["category"].to_numpy()[inter["item_id"].to_numpy()]
+    same = (cat[1:] == cat[:-1])[inter["user_id"].to_numpy()[1:] == inter["user_id"].to_numpy()[:-1]]
+    assert 0.6 < same.mean() < 0.75  # the sticky walk: stay 0.6, plus moves that land on the same category
+    counts = np.bincount(inter["item_id"].to_numpy(), minlength=a.n_items)
+    assert counts.max() > 20 * np.median(counts[counts > 0])  # Zipf popularity inside the categories
+    with pytest.raises(ValueError, match="mean_length"):
+        synthesize_catalog(2000, mean_length=3)

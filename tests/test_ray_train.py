@@ -132,8 +132,8 @@ def test_two_ray_workers_fit_cobra_to_the_local_quality(ray_local, data):
     ccfg = ChannelConfig(name="gen", kind="cobra", params=COBRA)
     here = fit_channel(ccfg, data, TrainConfig())
     there = fit_channel(ccfg, data, TrainConfig(backend="ray", workers=2))
-    assert there.ray_train_ | {"seconds": 0, "fit_seconds": 0} == {"workers": 2, "threads_per_worker": 1,
-                                                                 "seconds": 0, "fit_seconds": 0}
+    info = there.ray_train_
+    assert (info["workers"], info["threads_per_worker"], len(info["nodes"])) == (2, 1, 2) and info["fit_seconds"] > 0
     np.testing.assert_array_equal(here.codes_, there.codes_)  # the semantic IDs are fitted identically on every rank
     assert not _equal_state(here.model_, there.model_)  # half a batch per rank: another float path
     local, ray2 = here.fit_report_["best"]["valid_N@10"], there.fit_report_["best"]["valid_N@10"]

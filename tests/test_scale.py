@@ -44,6 +44,30 @@ def test_ray_pools_equal_the_in_process_pools(ray_local):
     assert here.names == there.names and here.stats == there.stats
 
 
+def test_ray_evaluation_equals_the_in_process_evaluation(ray_local, tmp_path):
+    """Offline evaluation with the top-k lists computed by Ray Data actors that load the run
+    folder: every list, metric and interval is the in-process one; only timings differ."""
+    from pipeline.evaluation.report import evaluate_run
+    from pipeline.workflow import load_run, train
+
+    cfg = parse_config(CONFIG | {"ranker": {"kind": "lgbm", "params": {"n_estimators": 20, "num_leaves": 7}},
+                                 "eval": {"stage": "test", "batch_size": 32, "n_boot": 50},
+                                 "run": {"root": str(tmp_path), "name": "eval"}})
+    run = load_run(train(cfg, run_dir=tmp_path / "run"))
+    here = evaluate_run(run, latency_requests=0, engine="local")
+    there = evaluate_run(run, latency_requests=0, engine="ray")
+    assert (here["engine"], there["engine"]) == ("local", "ray")
+    timing = {"ms_per_user", "seconds", "latency"}
+    assert set(here["arms"]) == {"popularity", "item2item", "cascade"}
+    for name, res in here["arms"].items():
+        assert {k: v for k, v in res.items() if k not in timing} == {k: v for k, v in there["arms"][name].items()
+                                                                    if k not in timing}, name
+    for key in ("channels", "overlap", "bootstrap", "unique_after_ranking", "users"):
+        assert here[key] == there[key], key
+    with pytest.raises(ValueError, match="engine"):
+        evaluate_run(run, latency_requests=0, engine="spark")
+
+
 def test_ranking_data_bytes_round_trip():
     data = RankingData(("a",), ("f0", "f1"), np.arange(6, dtype=np.float32).reshape(3, 2), np.array([4, 5, 6]),
                        np.array([0, 2, 3]), np.array([1, 0]), np.array([7, 8]), np.array([[-1, 3], [2, 3]]),

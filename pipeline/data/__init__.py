@@ -12,7 +12,7 @@ from pipeline.data.generic import load_generic
 from pipeline.data.loaders import LOADERS, default_data_root, load_dataset
 from pipeline.data.movielens import load_movielens
 from pipeline.data.splits import Split, leave_one_out, temporal_split
-from pipeline.data.synthetic import synthesize
+from pipeline.data.synthetic import synthesize, synthesize_catalog
 from pipeline.data.validate import DataValidationError
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "load_movielens",
     "sort_interactions",
     "synthesize",
+    "synthesize_catalog",
     "temporal_split",
 ]

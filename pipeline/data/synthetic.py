@@ -243,3 +243,58 @@ def _item_meta(catalog: _Catalog) -> pd.DataFrame:
             "created_at": catalog.created_at.astype(np.float64),
         }
     )
+
+
+def synthesize_catalog(n_items: int, interactions_per_item: float = 10.0, mean_length: float = 8.0,
+                       items_per_category: int = 500, max_length: int = 200, seed: int = 0,
+                       name: str | None = None) -> Dataset:
+    """A seeded catalog of any size in O(interactions) time and memory (the cost-growth benchmark,
+    bench/catalog_growth.py: 10k to 1M items). Users and interactions scale with the catalog:
+    n_items * interactions_per_item events over users of mean_length events (at least 5).
+
+    The same items as `synthesize` (category, home brand, price, title tokens, Zipf popularity,
+    creation time) with n_items / items_per_category categories; a user walks between two home
+    categories and each category's two fixed neighbours (stay with probability STICKINESS, else a
+    home category with probability 0.2, else a neighbour of the current one), and
+    each item is drawn inside the current category by popularity alone. Unlike `synthesize` there
+    is no per-user brand affinity and no 'not seen yet' rule (a repeat is possible, rare in a big
+    catalog): that is what keeps it linear."""
+    if n_items < 20 or items_per_category < 2 or interactions_per_item <= 0:
+        raise ValueError("synthesize_catalog needs n_items >= 20, items_per_category >= 2, interactions_per_item > 0")
+    if mean_length < 5:
+        raise ValueError(f"mean_length must be >= 5 (every user has at least 5 interactions), got {mean_length}")
+    rng = np.random.default_rng(seed)
+    n_categories = max(2, n_items // items_per_category)
+    catalog = _make_catalog(rng, n_items, n_categories, max(1, n_items // 50))
+    # cdf[j] in (c, c + 1] over category c's items (sorted by category): c + u picks inside c
+    order = np.argsort(catalog.category, kind="stable")
+    cat_sorted = catalog.category[order]
+    mass = np.cumsum(catalog.popularity[order])
+    starts = np.flatnonzero(np.r_[True, cat_sorted[1:] != cat_sorted[:-1]])
+    before = np.repeat(np.r_[0.0, mass[starts[1:] - 1]], np.diff(np.r_[starts, len(order)]))
+    total = np.repeat(np.diff(np.r_[0.0, mass[np.r_[starts[1:] - 1, len(order) - 1]]]), np.diff(np.r_[starts, len(order)]))
+    cdf = cat_sorted + (mass - before) / total
+    n_users = max(1, int(round(n_items * interactions_per_item / mean_length)))
+    extra = rng.geometric(1.0 / (mean_length - 4.0), n_users) - 1 if mean_length > 5 else np.zeros(n_users, int)
+    lengths = np.minimum(5 + extra, max(5, max_length)).astype(np.int64)
+    offsets = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
+    times = _user_times(rng, lengths)
+    home = rng.integers(0, n_categories, (n_users, 2))
+    neighbours = rng.integers(0, n_categories, (n_categories, 2))
+    cats = np.empty(int(lengths.sum()), np.int64)
+    current = home[:, 0].copy()
+    for step in range(int(lengths.max())):
+        active = np.flatnonzero(lengths > step)
+        if step:
+            draw = rng.random(len(active))
+            pick = rng.integers(0, 2, len(active))
+            to_home, to_next = home[active, pick], neighbours[current[active], pick]
+            current[active] = np.where(draw < STICKINESS, current[active], np.where(draw < 0.8, to_home, to_next))
+        cats[offsets[active] + step] = current[active]
+    picked = np.minimum(np.searchsorted(cdf, cats + rng.random(len(cats)), side="right"), len(order) - 1)
+    item = order[picked]
+    user = np.repeat(np.arange(n_users), lengths)
+    log = pd.DataFrame({"user": np.char.add("u", user.astype(str)).astype(object),
+                        "item": np.char.add("i", item.astype(str)).astype(object), "timestamp": times})
+    return assemble(name or f"catalog-{n_items}", log, _item_meta(catalog), has_time=True, has_text=True,
+                    keep_catalog=True)

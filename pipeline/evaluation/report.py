@@ -6,6 +6,7 @@ recall by popularity bucket, recall vs k); report["bootstrap"] compares every ar
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +27,31 @@ N_BUCKETS = 5
 
 
 def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None, with_cascade: bool = True,
-                 arms=None, latency_requests: int = 200) -> dict:
+                 arms=None, latency_requests: int = 200, engine: str | None = None) -> dict:
+    """`engine`: 'local' (this process) or 'ray' (the top-k lists of every channel and arm on Ray
+    Data actors that load the run folder; the same lists); None: the run's `train.backend`."""
     cfg, ev = run.config, run.config.eval
     ks = tuple(sorted(ev.ks))
-    evalset = build_eval_set(run.split, run.stage, cfg.data.max_history, max_users or ev.max_users, cfg.run.seed,
-                              ev.request_time)
+    eval_args = {"max_history": cfg.data.max_history, "max_users": max_users or ev.max_users, "seed": cfg.run.seed,
+                 "request_time": ev.request_time}
+    evalset = build_eval_set(run.split, run.stage, **eval_args)
     popularity = M.item_popularity(run.split.history(run.stage)["item_id"].to_numpy(np.int64), run.dataset.n_items)
     ctx = _Context(run, evalset, ks, popularity, latency_requests)
+    built = build_arms(run, arms) if with_cascade else []
+    engine = engine or cfg.train.backend
+    if engine == "ray":
+        ctx.precompute(eval_args, arms, built)
+    elif engine != "local":
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
     results, lists, budget_lists, channel_extra = {}, {}, {}, {}
     for ccfg in cfg.enabled_channels():
         res, topk, extra = ctx.channel(ccfg.name, ccfg.quota)
         results[ccfg.name], lists[ccfg.name], channel_extra[ccfg.name] = res, topk[:, : max(ks)], extra
         budget_lists[ccfg.name] = topk[:, : ccfg.quota]
     arm_names = []
-    if with_cascade:
-        for arm in build_arms(run, arms):
-            results[arm.name], lists[arm.name] = ctx.arm(arm)
-            arm_names.append(arm.name)
+    for arm in built:
+        results[arm.name], lists[arm.name] = ctx.arm(arm)
+        arm_names.append(arm.name)
     pu = {name: per_user(topk, evalset, BOOT_METRICS) for name, topk in lists.items()}  # for both comparisons
     in_tail = M.long_tail_mask(popularity)[evalset.targets]
     for name in pu:  # tail recall as a per-user mean, for the paired interval against the control
@@ -56,7 +65,7 @@ def evaluate_run(run, max_users: int | None = None, out_dir: Path | None = None,
         "bootstrap": _intervals(pu, results, arm_names, cfg, ev.n_boot),
         "arms_vs_channels": _arms_vs_channels(pu, arm_names, cfg, ev.n_boot),
         "unique_after_ranking": _unique_after_ranking(lists, budget_lists, evalset, ctx.arm_channels),
-        "latency_samples_ms": ctx.latency_samples,
+        "latency_samples_ms": ctx.latency_samples, "engine": engine,
     }
     if out_dir is not None:
         write_report(report, lists, evalset, run, Path(out_dir))
@@ -87,11 +96,31 @@ class _Context:
         self.arm_channels: dict[str, list[str]] = {}
         cat = run.dataset.items["category"].astype(str) if "category" in run.dataset.items else None
         self.categories = None if cat is None else cat.astype("category").cat.codes.to_numpy(np.int64)
+        self.precomputed: dict[str, np.ndarray] | None = None
+        self.precomputed_seconds = 0.0
+
+    def precompute(self, eval_args: dict, arms, built) -> None:
+        """Every channel's and arm's top-k lists in one pass on Ray Data (pipeline/scale.py)."""
+        from pipeline.scale import ray_topk
+
+        cfg, ks = self.run.config, self.ks
+        wanted = {f"channel:{c.name}": max(c.quota, max(ks)) for c in cfg.enabled_channels()}
+        wanted |= {f"arm:{a.name}": max(ks) for a in built}
+        specs = None if arms is None else [a.model_dump(mode="json") for a in arms]
+        start = time.perf_counter()
+        self.precomputed = ray_topk(str(self.run.path), eval_args, specs, wanted, len(self.evalset), cfg.eval.batch_size,
+                                    cfg.train)
+        self.precomputed_seconds = (time.perf_counter() - start) / max(len(wanted), 1)  # an even share of the pass
+
+    def _topk(self, key: str, fn, k: int, desc: str) -> tuple[np.ndarray, float]:
+        if self.precomputed is not None:
+            return self.precomputed[key], self.precomputed_seconds
+        return run_topk(fn, self.evalset, k, self.run.config.eval.batch_size, desc=desc)
 
     def channel(self, name: str, quota: int):
         ch, ks, ev = self.run.channels[name], self.ks, self.evalset
         k = max(quota, max(ks))
-        topk, secs = run_topk(channel_topk_fn(ch), ev, k, self.run.config.eval.batch_size, desc=f"channel {name}")
+        topk, secs = self._topk(f"channel:{name}", channel_topk_fn(ch), k, f"channel {name}")
         res = score_lists(topk[:, : max(ks)], ev, ks, self.popularity, self.n_items)
         ranks = M.target_ranks(topk, ev.targets)
         res[f"R@budget({quota})"] = float(M.recall_at(ranks, quota).mean())
@@ -107,7 +136,7 @@ class _Context:
 
     def arm(self, arm):
         ks, ev = self.ks, self.evalset
-        topk, secs = run_topk(arm.cascade.topk, ev, max(ks), self.run.config.eval.batch_size, desc=f"arm {arm.name}")
+        topk, secs = self._topk(f"arm:{arm.name}", arm.cascade.topk, max(ks), f"arm {arm.name}")
         res = score_lists(topk, ev, ks, self.popularity, self.n_items)
         res["ms_per_user"], res["seconds"] = 1e3 * secs / max(len(ev), 1), secs
         if self.categories is not None:
