@@ -1,6 +1,6 @@
 """How cost grows with the catalog: 10k, 100k and 1M items (SPEC section 10).
 
-    python -m bench.catalog_growth [--sizes 10000,100000,1000000] [--sample-users 10000] [--record]
+    python -m bench.catalog_growth [--sizes 10000,100000,1000000] [--sample-users 5000] [--record]
 
 Each size runs in its own process (so its peak memory is its own), on a seeded catalog from
 pipeline.data.synthesize_catalog: users and interactions scale with the items (10 events per item,
@@ -119,7 +119,7 @@ def faiss_rows(vectors: np.ndarray, queries: np.ndarray) -> list[dict]:
     ivf.train(train)
     ivf.add(vectors)
     build = time.perf_counter() - t
-    for nprobe in (8, 32):
+    for nprobe in (8, 32, 128):
         ivf.nprobe = nprobe
         search(ivf, "ivf", {"nlist": nlist, "nprobe": nprobe}, build, vectors.nbytes / 1e6, exact)
     t = time.perf_counter()
@@ -127,7 +127,7 @@ def faiss_rows(vectors: np.ndarray, queries: np.ndarray) -> list[dict]:
     hnsw.add(vectors)
     build = time.perf_counter() - t
     size = faiss.serialize_index(hnsw).nbytes / 1e6
-    for ef in (100, 200, 400):
+    for ef in (100, 200, 400, 800):
         hnsw.hnsw.efSearch = ef
         search(hnsw, "hnsw", {"M": 32, "efSearch": ef}, build, size, exact)
     return rows
@@ -267,7 +267,7 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--sample-users", type=int, default=10000)
+    ap.add_argument("--sample-users", type=int, default=5000)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: this size only, JSON to stdout
