@@ -9,7 +9,10 @@ pipeline.data.synthesize_catalog: users and interactions scale with the items (1
 - the whole cascade (popularity, item-to-item, two-tower on HNSW, COBRA, MTGR ranker, rule
   re-ranker) trained by `workflow.train` on a sample of `--sample-users` users over the WHOLE
   catalog (every item featurised, given a semantic ID and indexed), 2 epochs per torch model:
-  the cost of serving does not depend on how long the models trained;
+  the cost of serving does not depend on how long the models trained. COBRA uses sampled
+  negatives here (2048 per batch, as the two-tower): its default 'full' negatives encode the whole
+  catalog at every step, the one training cost that grows with the items per step (at 100k items
+  it already turned the ranker fold's 2 COBRA epochs into many minutes);
 - torch training time per epoch on all users: the measured mean epoch time on the sample times
   (windows of all users / windows of the sample) (one epoch is linear in the windows);
 - per-request p50/p99 (batch of one, `--requests` test users of the sample) of every channel and
@@ -60,7 +63,8 @@ def cascade_config(n_items: int, root: str) -> dict:
             {"name": "cobra", "kind": "cobra", "quota": 100,
              "params": {"levels": [256, 256, 256], "svd_dim": 64, "collab_dim": 32, "d_model": 64, "n_heads": 2,
                         "d_ff": 256, "dense_dim": 64, "max_len": 50, "max_epochs": 2, "patience": 2, "lr": 0.004,
-                        "id_embedding": True, "valid_users": 500, "beam_size": 20, "num_threads": 1, "seed": 0,
+                        "id_embedding": True, "negatives": "sampled", "n_negatives": 2048, "batch_size": 256,
+                        "valid_users": 500, "beam_size": 20, "num_threads": 1, "seed": 0,
                         "progress": False}},
         ],
         "pool": {"budget": 300, "exclude_seen": True},

@@ -158,7 +158,7 @@ def fit_on_ray(component, args: tuple, cfg: TrainConfig, name: str):
 
     threads = max(1, (component.num_threads or torch.get_num_threads()) // cfg.workers)
     ensure_ray(cfg, min_cpus=cfg.workers * threads)
-    storage = Path(cfg.storage) if cfg.storage else Path(tempfile.mkdtemp(prefix="hybridrec-train-"))
+    storage = Path(cfg.storage).resolve() if cfg.storage else Path(tempfile.mkdtemp(prefix="hybridrec-train-"))
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"component": ray.put(component), "args": ray.put(args), "threads": threads},
