@@ -72,7 +72,7 @@ def cascade_config(n_items: int, root: str) -> dict:
                                               "max_train_candidates": 128, "num_threads": 1}},
         "rerank": {"kind": "rules", "params": {"caps": [{"attribute": "category", "max_items": 6, "window": 10}],
                                                "lambda": 0.95}},
-        "eval": {"stage": "test"},
+        "eval": {"stage": "test", "batch_size": 32},  # the ranker's pool pass holds batch x items score arrays
         "run": {"root": root, "name": f"growth-{n_items}", "seed": 0},
     }
 
@@ -258,6 +258,8 @@ def markdown(res: dict) -> str:
              "| size | users | interactions | sample users | peak RSS GB |", "|---|---|---|---|---|"]
     lines += [f"| {r['n_items']:,} | {r['users']:,} | {r['interactions']:,} | {r['sample']['users']:,} | {r['peak_rss_gb']} |"
               for r in res["sizes"]]
+    lines += [f"| {f['n_items']:,} | FAILED: {f['failed']} after {f['wall_s']} s ({'; '.join(f['last_step'])}) | | | |"
+              for f in res.get("failed", [])]
     lines += ["", head, "|---|" + "---|" * (len(sizes) + 1)]
     lines += [f"| {name} | " + " | ".join(str(v) for v in g["values"]) + f" | {g['per_10x']} |"
               for name, g in res["growth"].items()]
@@ -283,19 +285,23 @@ def main(argv=None) -> int:
         return 0
     sizes = sorted(int(s) for s in args.sizes.split(","))
     command = "python -m bench.catalog_growth " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = []
+    results, failed = [], []
     for n in sizes:
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "bench.catalog_growth", "--one", str(n), "--sample-users",
                                str(args.sample_users), "--requests", str(args.requests), "--seed", str(args.seed)],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
+        if proc.returncode or not lines:  # kept in the results: a size that does not fit is a figure too
             print(proc.stdout[-4000:], file=sys.stderr)
-            raise SystemExit(f"size {n}: the child process failed (exit {proc.returncode})")
+            why = "killed (SIGKILL: out of memory)" if proc.returncode == -9 else f"exit {proc.returncode}"
+            last = [ln for ln in proc.stdout.splitlines() if ln.startswith(f"[{n}]")]
+            failed.append({"n_items": n, "failed": why, "wall_s": round(time.perf_counter() - t, 1), "last_step": last[-1:]})
+            print(f"size {n}: FAILED, {why}", flush=True)
+            continue
         results.append(json.loads(lines[-1][len("RESULT "):]) | {"wall_s": round(time.perf_counter() - t, 1)})
         print(f"size {n}: done in {results[-1]['wall_s']} s, peak {results[-1]['peak_rss_gb']} GB", flush=True)
-    res = {"command": command, "cpus": os.cpu_count(), "sizes": results,
+    res = {"command": command, "cpus": os.cpu_count(), "sizes": results, "failed": failed,
            "growth": figures(results) if len(results) > 1 else {},
            "note": "one torch/faiss thread per process; every server and other job stopped while it ran"}
     atomic_write_json(RESULTS / "catalog_growth.json", res)
