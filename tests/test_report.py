@@ -83,8 +83,8 @@ def test_arms_train_and_use_their_own_rankers(tmp_path, monkeypatch):
     import pipeline.workflow as wf
 
     fits = []
-    real = wf.build_channel
-    monkeypatch.setattr(wf, "build_channel", lambda c: fits.append(c.name) or real(c))
+    real = wf.fit_channel
+    monkeypatch.setattr(wf, "fit_channel", lambda c, d, t: fits.append(c.name) or real(c, d, t))
     lgbm = {"kind": "lgbm", "params": {"n_estimators": 20, "num_leaves": 7, "min_child_samples": 5, "holdout": 0.2,
                                        "train_folds": 1}}
     cfg = parse_config(CFG | {"ranker": lgbm, "arms": [
