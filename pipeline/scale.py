@@ -49,6 +49,16 @@ def ensure_ray(cfg: TrainConfig, min_cpus: int = 0) -> None:
                  logging_level=logging.WARNING)
 
 
+def map_rows(table: pd.DataFrame, actor: type, workers: int, **init) -> pd.DataFrame:
+    """Every row of `table` through a pool of `workers` Ray Data actors `actor(**init)` (one CPU
+    each, one row per call): a row names a range of work, the actor answers it as a frame."""
+    import ray
+
+    ds = ray.data.from_pandas([table.iloc[i: i + 1] for i in range(len(table))])
+    return ds.map_batches(actor, fn_constructor_kwargs=init, batch_size=1, batch_format="pandas",
+                          compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1).to_pandas()
+
+
 class _PoolActor:
     """A Ray Data actor holding one fold's state; answers (lo, hi) row ranges."""
 
@@ -81,10 +91,7 @@ def ray_runner(cfg: TrainConfig, batches_per_range: int = 4) -> RangeRunner:
         table = pd.DataFrame({"lo": np.arange(0, len(ev), step, dtype=np.int64)})
         table["hi"] = np.minimum(table["lo"] + step, len(ev))
         state = ray.put((fold_index, ev, pools_of, features, batch_size))
-        ds = ray.data.from_pandas([table.iloc[i: i + 1] for i in range(len(table))])
-        out = ds.map_batches(_PoolActor, fn_constructor_kwargs={"state": [state]}, batch_size=1,
-                             batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-                             num_cpus=1).to_pandas()
+        out = map_rows(table, _PoolActor, cfg.workers, state=[state])
         out = out.sort_values("lo", kind="stable")
         if len(out) != len(table):
             raise RuntimeError(f"Ray returned {len(out)} of {len(table)} row ranges of fold {fold_index}")
@@ -222,15 +229,10 @@ def ray_topk(run_path: str, eval_args: dict, arms: list[dict] | None, wanted: di
     """Top-k lists of every key in `wanted` ('channel:<name>' / 'arm:<name>' -> k) over the
     evaluation set's rows, batch by batch on `cfg.workers` actors; the same batches, hence the
     same arrays, as the in-process pass (tests/test_scale.py)."""
-    import ray
-
     ensure_ray(cfg)
     table = pd.DataFrame([{"key": key, "lo": lo, "hi": min(lo + batch_size, n_rows), "k": k}
                           for key, k in wanted.items() for lo in range(0, n_rows, batch_size)])
-    ds = ray.data.from_pandas([table.iloc[i: i + 1] for i in range(len(table))])
-    out = ds.map_batches(_EvalActor, fn_constructor_args=(run_path, eval_args, arms), batch_size=1,
-                         batch_format="pandas", compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-                         num_cpus=1).to_pandas()
+    out = map_rows(table, _EvalActor, cfg.workers, run_path=run_path, eval_args=eval_args, arms=arms)
     if len(out) != len(table):
         raise RuntimeError(f"Ray returned {len(out)} of {len(table)} evaluation row ranges")
     lists = {}

@@ -1,6 +1,8 @@
 """Small hand-made fixtures shared by the unit tests (no dataset files needed)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pandas as pd
 
@@ -51,3 +53,22 @@ def check_long_history_masked(channel, n_items: int, window: int = 5, k: int = 1
     assert len(history) > window and set(first.tolist()).isdisjoint(batch.history[0].tolist())
     got = channel.retrieve(batch, k).items[0]
     assert not set(got[got != PAD].tolist()) & set(history.tolist())
+
+
+@contextlib.contextmanager
+def two_node_cluster(worker_cpus: int, head_cpus: int = 1):
+    """A Ray cluster of a head and one worker node on this machine (ray.cluster_utils.Cluster);
+    yields (cluster, worker node) and shuts both down after. Any Ray already running is stopped."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
+    worker = cluster.add_node(num_cpus=worker_cpus)
+    try:
+        cluster.wait_for_nodes()
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

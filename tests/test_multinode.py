@@ -40,21 +40,14 @@ def test_two_tower_trains_on_two_nodes(tmp_path):
     """Ray Train over a head and a worker node (1 CPU each, so one worker per node): the ranks
     meet over gloo on 127.0.0.1, rank 0 checkpoints to `train.storage` (one folder both nodes
     see: the same disk here, shared storage such as NFS on real machines)."""
-    import ray
-    from ray.cluster_utils import Cluster
-
     from pipeline.config import ChannelConfig, TrainConfig
     from pipeline.data import leave_one_out, synthesize
     from pipeline.scale import fit_channel
     from pipeline.workflow import fit_data
+    from tests.helpers import two_node_cluster
     from tests.test_ray_train import TWO_TOWER
 
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = cluster.add_node(num_cpus=1)
-    try:
-        cluster.wait_for_nodes()
+    with two_node_cluster(worker_cpus=1) as (cluster, worker):
         ds = synthesize(n_users=400, n_items=120, n_categories=6, n_brands=12, mean_length=10, seed=3)
         data = fit_data(ds, leave_one_out(ds.interactions), "test", seed=0)
         ccfg = ChannelConfig(name="tt", kind="two_tower", params=TWO_TOWER)
@@ -66,6 +59,3 @@ def test_two_tower_trains_on_two_nodes(tmp_path):
         local, two_nodes = here.fit_report_["best"]["N@10"], there.fit_report_["best"]["N@10"]
         assert abs(two_nodes - local) < 0.25 * local, (local, two_nodes)
         assert any((tmp_path / "checkpoints").rglob("model.pt"))  # the checkpoint went to the named storage
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

@@ -90,16 +90,9 @@ def test_pools_on_a_two_node_cluster_equal_the_in_process_pools(caplog):
     """A head node (1 CPU) and a worker node (3 CPUs) joined through `train.address`: the actors
     run on the worker node too, and the arrays are the in-process ones."""
     pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
+    from tests.helpers import two_node_cluster
 
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    worker = cluster.add_node(num_cpus=3)
-    try:
-        cluster.wait_for_nodes()
+    with two_node_cluster(worker_cpus=3) as (cluster, worker):
         ds = synthesize(n_users=300, n_items=150, seed=5)
         local_cfg = parse_config(CONFIG)
         ray_cfg = parse_config(CONFIG | {"train": {"backend": "ray", "workers": 2, "address": cluster.address}})
@@ -111,6 +104,3 @@ def test_pools_on_a_two_node_cluster_equal_the_in_process_pools(caplog):
             np.testing.assert_array_equal(getattr(here, name), getattr(there, name), err_msg=name)
         nodes = [r.getMessage() for r in caplog.records if "row ranges" in r.getMessage()]
         assert nodes and worker.node_id in nodes[0]
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

@@ -11,8 +11,8 @@ fit: content vectors (encoder.py) -> semantic IDs (semantic_ids.py / rqvae.py) a
 given; the dense head conditioned on the generated ID, trained on true and drawn IDs:
 `dense_condition`; `refit` retrains on the full history for the best epoch count) -> item vectors
 and the faiss index. Every beam carries its own dense vector: one faiss search for all beams of a
-batch. `add_items(frame)` gives new items a code and a dense
-vector from content and makes them retrievable at once. Artifacts: params.json, model.pt
+batch. `add_items(frame)` gives new items a code and a dense vector from content and makes them
+retrievable at once. Artifacts: params.json, model.pt
 (state_dict, loaded weights_only), codes/active/popularity .npy, features_*.npy, encoder/ and
 quantizer/ folders (JSON + .npy), item_raw.npy, index.faiss, semantic_ids_report.json. No pickle.
 """
@@ -207,8 +207,7 @@ class CobraChannel:
 
     def _report(self, base: np.ndarray, ids: np.ndarray) -> dict:
         rep = code_report(base, tuple(self.levels), self.popularity_[ids])
-        rep["mode"] = self.mode
-        rep["quantizer"] = self.quantizer
+        rep |= {"mode": self.mode, "quantizer": self.quantizer}
         rep["collision_rate_before_disambiguation"] = rep["full_code"]["collision_rate"]
         rep["unique_after_disambiguation"] = self.mode == "tiger"
         if self.mode == "tiger":
@@ -222,8 +221,7 @@ class CobraChannel:
         if self.dense:
             raw = encode_items(self.model_, self.features_)
             raw[~self.active_] = 0.0
-            self.item_raw_ = raw
-            self.item_vecs_ = self._scored(raw)
+            self.item_raw_, self.item_vecs_ = raw, self._scored(raw)
             self.index_ = build_index(self.item_vecs_, np.flatnonzero(self.active_), self.index_config())
 
     def _scored(self, raw: np.ndarray) -> np.ndarray:
