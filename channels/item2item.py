@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from channels.topk import mask_seen, top_k
+from channels.topk import top_k_pairs
 from pipeline.artifacts import atomic_write_json, atomic_write_parquet, read_json
 from pipeline.protocols import FitData
 from pipeline.types import PAD, RequestBatch, Retrieved
@@ -82,16 +82,33 @@ class ItemToItemChannel:
         hist = batch.history[:, -self.history_len :]
         age = np.arange(hist.shape[1])[::-1]  # 0 for the most recent column
         weights = np.broadcast_to(self.history_decay ** age, hist.shape)
-        r, c = np.nonzero(hist != PAD)
+        r, c = np.nonzero((hist != PAD) & (hist < self.matrix_.shape[0]))  # items added after fitting: no neighbours
         return sp.csr_matrix((weights[r, c], (r, hist[r, c])), shape=(len(batch), self.matrix_.shape[0]))
+
+    def _covisit_scores(self, batch: RequestBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, items, scores) of the query matrix times the co-visitation matrix, one entry per
+        (row, item) with a nonzero product. The matrix rows of the history items are gathered and
+        summed directly: the cost follows their neighbours, never the catalog (a sparse matrix
+        product allocates a workspace as wide as the catalog on every call)."""
+        query = self._query_matrix(batch).tocoo()
+        mat = self.matrix_
+        starts, sizes = mat.indptr[query.col], np.diff(mat.indptr)[query.col]
+        total = int(sizes.sum())
+        if total == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+        offsets = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
+        rows = np.repeat(query.row.astype(np.int64), sizes)
+        cols = mat.indices[offsets].astype(np.int64)
+        vals = mat.data[offsets].astype(np.float64) * np.repeat(query.data, sizes)
+        keys, where = np.unique(rows * mat.shape[1] + cols, return_inverse=True)
+        return keys // mat.shape[1], keys % mat.shape[1], np.bincount(where, weights=vals)
 
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
         if not hasattr(self, "matrix_"):
             raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
-        scores = (self._query_matrix(batch) @ self.matrix_).toarray()
-        scores[scores <= 0] = -np.inf  # only co-visited items are candidates
-        mask_seen(scores, batch)
-        return top_k(scores, k)
+        rows, items, vals = self._covisit_scores(batch)
+        keep = (vals > 0) & ~batch.is_seen(rows, items)  # only co-visited, unseen items are candidates
+        return top_k_pairs(rows[keep], items[keep], vals[keep], len(batch), k)
 
     def neighbours(self, item: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The k items most co-visited with `item` (for inspection and the re-ranker's reasons)."""

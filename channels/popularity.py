@@ -4,6 +4,10 @@ Interactions are bucketed in time (bucket_days); the decayed count of every item
 start of each bucket, so a request in bucket b is answered from the state before b starts and never
 sees an interaction from its own future. Without timestamps (has_time False) it is plain counts.
 Optionally restricted to the category named in the request context (`context['category']`).
+
+A request costs O(k + seen), not O(catalog): every bucket keeps its `head` best items in order, a
+row walks that list past its seen items, and only a row that runs off the end (it has seen most of
+the head) is scored over the whole catalog. A category request scores that category's items only.
 """
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from channels.topk import mask_seen, top_k
+from channels.topk import mask_seen, top_k, top_k_pairs
 from pipeline.artifacts import atomic_write_json, read_json
 from pipeline.protocols import FitData
 from pipeline.types import RequestBatch, Retrieved
@@ -29,12 +34,16 @@ class PopularityChannel:
         bucket_days: float = 7.0,
         point_in_time: bool = True,
         by_context_category: bool = True,
+        head: int = 2048,
     ) -> None:
         self.name = name
         self.half_life_days = half_life_days
         self.bucket_days = bucket_days
         self.point_in_time = point_in_time
         self.by_context_category = by_context_category
+        if head < 1:
+            raise ValueError(f"popularity: head must be >= 1, got {head}")
+        self.head = head
 
     def fit(self, data: FitData) -> "PopularityChannel":
         items = data.train["item_id"].to_numpy(np.int64)
@@ -61,7 +70,25 @@ class PopularityChannel:
         self.tiebreak_ = (np.bincount(items, minlength=data.n_items) * 1e-6).astype(np.float32)
         self.categories_ = data.items["category"].astype(str).to_numpy() if "category" in data.items else None
         self.use_time_ = use_time
+        self._index()
         return self
+
+    def _index(self) -> None:
+        """Per bucket, the `head` best items in answer order; per category, its items."""
+        n = self.state_.shape[1]
+        h = min(self.head, n)
+        order = np.empty((self.state_.shape[0], h), np.int64)
+        for b, row in enumerate(self.state_):
+            scores = row + self.tiebreak_  # float32, exactly what the dense path ranks
+            part = np.argpartition(-scores, h - 1)[:h] if h < n else np.arange(n)
+            order[b] = part[np.lexsort((part, -scores[part]))]
+        self.head_ = order
+        self.category_items_ = {}
+        if self.categories_ is not None:
+            codes, uniq = pd.factorize(self.categories_, sort=True)
+            by = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[by], np.arange(len(uniq) + 1))
+            self.category_items_ = {str(c): by[bounds[i]:bounds[i + 1]] for i, c in enumerate(uniq)}
 
     def _rows(self, batch: RequestBatch) -> np.ndarray:
         if not self.use_time_:
@@ -73,15 +100,49 @@ class PopularityChannel:
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
         if not hasattr(self, "state_"):
             raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
+        rows = self._rows(batch)
+        out = Retrieved.empty(len(batch), k)
+        wanted = self._wanted(batch)
+        plain = np.array([w is None for w in wanted], bool)
+        for r in np.flatnonzero(~plain):  # a category: score its items only
+            items = self.category_items_.get(str(wanted[r]), np.zeros(0, np.int64))
+            self._fill(out, batch, np.array([r]), rows[r:r + 1], items[None, :], k)
+        where = np.flatnonzero(plain)
+        if len(where):
+            # a row has at most max_seen seen items, so the first k + max_seen of the head hold k unseen
+            width = min(self.head_.shape[1], k + batch.max_seen())
+            fresh = self._fill(out, batch, where, rows[where], self.head_[rows[where], :width], k)
+            short = where[(fresh < k) & (width < self.state_.shape[1])]
+            if len(short):  # ran off the stored head: the whole catalog for those rows
+                sub = batch.take(short)
+                dense = top_k(mask_seen(self.state_[rows[short]] + self.tiebreak_, sub), k)
+                out.items[short], out.scores[short] = dense.items, dense.scores
+        return out
+
+    def _fill(self, out: Retrieved, batch: RequestBatch, where: np.ndarray, buckets: np.ndarray,
+              cand: np.ndarray, k: int) -> np.ndarray:
+        """Answer rows `where` of `out` from candidate items cand [len(where), C] of their buckets;
+        returns how many unseen candidates each row had."""
+        fresh = ~batch.is_seen(where[:, None], cand)
+        r, c = np.nonzero(fresh)
+        items = cand[r, c]
+        found = top_k_pairs(r, items, self.state_[buckets[r], items] + self.tiebreak_[items], len(where), k)
+        out.items[where], out.scores[where] = found.items, found.scores
+        return fresh.sum(axis=1)
+
+    def _wanted(self, batch: RequestBatch) -> list:
+        if not self.by_context_category or self.categories_ is None or not batch.contexts:
+            return [None] * len(batch)
+        return [c.get("category") if c else None for c in batch.contexts]
+
+    def retrieve_dense(self, batch: RequestBatch, k: int) -> Retrieved:
+        """The same answer scored over the whole catalog (the reference the fast path is tested on)."""
         scores = self.state_[self._rows(batch)] + self.tiebreak_
         mask_seen(scores, batch)
-        valid = self._category_mask(batch)
-        return top_k(scores, k, valid)
+        return top_k(scores, k, self._category_mask(batch))
 
     def _category_mask(self, batch: RequestBatch) -> np.ndarray | None:
-        if not self.by_context_category or self.categories_ is None or not batch.contexts:
-            return None
-        wanted = [c.get("category") if c else None for c in batch.contexts]
+        wanted = self._wanted(batch)
         if all(w is None for w in wanted):
             return None
         mask = np.ones((len(batch), self.categories_.shape[0]), bool)
@@ -107,6 +168,7 @@ class PopularityChannel:
             "bucket_days": self.bucket_days,
             "point_in_time": self.point_in_time,
             "by_context_category": self.by_context_category,
+            "head": self.head,
         }
 
     @classmethod
@@ -120,4 +182,5 @@ class PopularityChannel:
         ch.tiebreak_ = np.load(path / "tiebreak.npy", allow_pickle=False)
         cat = path / "categories.json"
         ch.categories_ = np.array(json.loads(cat.read_text()), dtype=object) if cat.exists() else None
+        ch._index()
         return ch

@@ -166,7 +166,8 @@ def seen_mask(seen: tuple[np.ndarray, np.ndarray], rows: np.ndarray, items: np.n
     rows, items = np.broadcast_arrays(np.asarray(rows, np.int64), np.asarray(items, np.int64))
     seen_rows, seen_items = (np.asarray(a, np.int64) for a in seen)
     n = max(int(items.max(initial=0)), int(seen_items.max(initial=0))) + 1  # one key per (row, item)
-    return np.isin(rows * n + items, seen_rows * n + seen_items)
+    # kind='sort': the default may pick a lookup table as long as the key range (rows x catalog)
+    return np.isin(rows * n + items, seen_rows * n + seen_items, kind="sort")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from channels.item2item import ItemToItemChannel
 from channels.popularity import PopularityChannel
-from pipeline.types import PAD
+from pipeline.protocols import FitData
+from pipeline.types import PAD, RequestBatch
 from tests.helpers import DAY, batch_of, tiny_fit_data
 
 
@@ -70,3 +72,80 @@ def test_save_load_round_trip(tmp_path, cls):
 def test_retrieve_before_fit_is_a_clear_error(cls):
     with pytest.raises(RuntimeError, match="call fit"):
         cls().retrieve(batch_of([[0]]), 3)
+
+
+def random_fit_data(seed: int, n_items: int = 300, n_users: int = 60) -> FitData:
+    """Interactions skewed to a few items (many ties in the counts), over 60 days, 4 categories."""
+    rng = np.random.default_rng(seed)
+    n = 2000
+    frame = pd.DataFrame({"user_id": np.sort(rng.integers(0, n_users, n)),
+                          "item_id": np.minimum(rng.geometric(0.05, n), n_items - 1),
+                          "timestamp": rng.integers(0, 60 * DAY, n)})
+    frame = frame.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    frame["seq"] = frame.groupby("user_id").cumcount()
+    items = pd.DataFrame({"item_id": np.arange(n_items), "category": [f"c{i % 4}" for i in range(n_items)]})
+    return FitData(train=frame, items=items, n_users=n_users, n_items=n_items, has_time=True,
+                   user_ids=np.arange(n_users).astype(str), item_ids=np.arange(n_items).astype(str))
+
+
+def random_batch(rng, n_items: int, rows: int = 40, categories: bool = False) -> RequestBatch:
+    """Histories from empty to most of the catalog's head, some ids past the catalog, random times."""
+    lengths = rng.choice([0, 1, 5, 30, 120], size=rows)
+    hist = [rng.choice(n_items + 5, size=n, replace=False) if n else np.zeros(0, np.int64) for n in lengths]
+    now = rng.integers(0, 70 * DAY, rows)
+    contexts = tuple({"category": str(rng.choice(["c0", "c3", "zz"]))} if categories and rng.random() < 0.5 else {}
+                     for _ in range(rows))
+    return RequestBatch.from_sequences(list(range(rows)), hist, now=now, contexts=contexts, max_len=50)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("head", [1, 16, 2048])
+def test_popularity_head_answers_exactly_like_the_whole_catalog(seed, head):
+    # property: the O(k + seen) path returns the same items and scores as scoring every item, for
+    # heads short enough that rows run off them (head 1, 16) and longer than the catalog (2048)
+    rng = np.random.default_rng(seed)
+    ch = PopularityChannel(half_life_days=7, bucket_days=3, head=head).fit(random_fit_data(seed))
+    for k in (1, 10, 64):
+        batch = random_batch(rng, 300, categories=True)
+        fast, dense = ch.retrieve(batch, k), ch.retrieve_dense(batch, k)
+        np.testing.assert_array_equal(fast.items, dense.items)
+        np.testing.assert_array_equal(fast.scores, dense.scores)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_item2item_sparse_answer_equals_the_dense_scores(seed):
+    # property: the sparse top k equals ranking the dense score rows (seen and uncovisited masked)
+    from channels.topk import mask_seen, top_k
+
+    rng = np.random.default_rng(seed)
+    ch = ItemToItemChannel(window=3, history_len=4).fit(random_fit_data(seed))
+    batch = random_batch(rng, 300)
+    dense = (ch._query_matrix(batch) @ ch.matrix_).toarray()
+    dense[dense <= 0] = -np.inf
+    want = top_k(mask_seen(dense, batch), 50)
+    got = ch.retrieve(batch, 50)
+    np.testing.assert_array_equal(got.items, want.items)
+    np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_top_k_pairs_pads_and_breaks_ties_by_index():
+    from channels.topk import top_k_pairs
+
+    got = top_k_pairs(np.array([1, 1, 1, 0]), np.array([7, 3, 5, 2]), np.array([1.0, 1.0, 2.0, -np.inf]), 3, 2)
+    assert got.items.tolist() == [[PAD, PAD], [5, 3], [PAD, PAD]]
+    assert got.scores[1].tolist() == [2.0, 1.0] and np.isneginf(got.scores[0]).all()
+
+
+def test_popularity_head_must_be_positive():
+    with pytest.raises(ValueError, match="head must be >= 1"):
+        PopularityChannel(head=0)
+
+
+def test_top_k_keeps_the_lowest_indices_of_a_tie_at_the_cut():
+    from channels.topk import top_k
+
+    scores = np.zeros((3, 5000), np.float32)
+    scores[:, 4000] = 1.0
+    scores[2, :10] = -np.inf
+    got = top_k(scores, 4)
+    assert got.items.tolist() == [[4000, 0, 1, 2], [4000, 0, 1, 2], [4000, 10, 11, 12]]
