@@ -107,6 +107,21 @@ class TrainConfig(Strict):
     workers: int = Field(2, ge=1, le=256)  # Ray Data actors and Ray Train workers (backend: ray)
     address: str | None = None  # an existing Ray cluster (None: a local one sized to `workers`)
     storage: str | None = None  # Ray Train checkpoints (None: a temporary folder; a cluster needs shared storage)
+    # where the torch models (two-tower, COBRA, MTGR) train and infer, unless their params say:
+    # auto (a GPU where torch sees one), cpu, cuda, cuda:N; None: their own default (cpu)
+    device: str | None = Field(None, pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+TORCH_KINDS = ("two_tower", "cobra", "mtgr")  # the built-in kinds with a torch model (train.device)
+
+
+def _with_device(stage: Any, device: str) -> Any:
+    """A channel or ranker config dict given `device` when it is a torch kind that names none."""
+    if not isinstance(stage, dict) or stage.get("kind") not in TORCH_KINDS:
+        return stage
+    params = dict(stage.get("params") or {})
+    params.setdefault("device", device)
+    return stage | {"params": params}
 
 
 class RunConfig(Strict):
@@ -126,6 +141,21 @@ class Config(Strict):
     train: TrainConfig = TrainConfig()
     arms: list[ArmConfig] = []
     control: str | None = None  # the arm the others are compared with (default: the first arm)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_default(cls, data: Any) -> Any:
+        train = data.get("train") if isinstance(data, dict) else None
+        device = train.get("device") if isinstance(train, dict) else None
+        if not isinstance(device, str):
+            return data
+        data = dict(data, channels=[_with_device(c, device) for c in data.get("channels") or []])
+        if "ranker" in data:
+            data["ranker"] = _with_device(data["ranker"], device)
+        if data.get("arms"):
+            data["arms"] = [dict(a, ranker=_with_device(a["ranker"], device)) if isinstance(a, dict) and a.get("ranker")
+                            else a for a in data["arms"]]
+        return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":

@@ -132,6 +132,8 @@ def _train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     component = ray.get(config["component"])
+    if config["use_gpu"]:  # Ray shows each worker its own GPU only: it is cuda:0 there
+        component.device, component.device_ = "cuda", None
     own_threads = component.num_threads
     component.num_threads = config["threads"]
     if rank != 0:
@@ -155,9 +157,10 @@ def _train_worker(config: dict) -> None:
 
 
 def fit_on_ray(component, args: tuple, cfg: TrainConfig, name: str):
-    """`component.fit(*args)` by `cfg.workers` Ray Train workers (CPU workers, gloo): each fits a
-    copy from the same seed; returns rank 0's fitted copy, loaded from its checkpoint with the
-    class's own `load`. The component's torch threads are shared out over the workers."""
+    """`component.fit(*args)` by `cfg.workers` Ray Train workers (CPU workers and gloo; GPU workers
+    and NCCL when the component's device asks for CUDA): each fits a copy from the same seed;
+    returns rank 0's fitted copy, loaded from its checkpoint with the class's own `load`. The
+    component's torch threads are shared out over the workers."""
     import ray
     import ray.train
     import torch
@@ -165,14 +168,16 @@ def fit_on_ray(component, args: tuple, cfg: TrainConfig, name: str):
 
     threads = max(1, (component.num_threads or torch.get_num_threads()) // cfg.workers)
     ensure_ray(cfg, min_cpus=cfg.workers * threads)
+    wants = str(getattr(component, "device", "cpu")).lower()  # GPU workers (NCCL) for cuda, and for auto where every worker gets one
+    use_gpu = wants.startswith("cuda") or (wants == "auto" and ray.cluster_resources().get("GPU", 0) >= cfg.workers)
     storage = Path(cfg.storage).resolve() if cfg.storage else Path(tempfile.mkdtemp(prefix="hybridrec-train-"))
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"component": ray.put(component), "args": ray.put(args), "threads": threads},
-        torch_config=TorchConfig(backend="gloo"),
+        train_loop_config={"component": ray.put(component), "args": ray.put(args), "threads": threads, "use_gpu": use_gpu},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         # a worker holds as many CPUs as it runs threads: Ray then sets its OMP/BLAS threads to match,
         # so 1 worker computes exactly what this process would
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=False,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": threads}),
         run_config=ray.train.RunConfig(name=f"fit-{name}-{time.time_ns()}", storage_path=str(storage)),
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import device
 from pipeline.artifacts import atomic_write_json, read_json
 from pipeline.types import CandidateSet, RequestBatch
 from rankers.base import FeatureRankerMixin
@@ -23,7 +24,8 @@ from rankers.training_data import RankingData
 
 _MODEL = ("d_model", "n_layers", "n_heads", "dropout", "id_dropout", "group_norm", "cross_features", "mask")
 _TRAIN = ("lr", "weight_decay", "batch_size", "max_epochs", "patience", "pointwise_weight", "max_train_candidates", "seed")
-_OTHER = ("name", "train_folds", "holdout", "windows_days", "price_buckets", "num_threads", "score_batch", "progress")
+_OTHER = ("name", "train_folds", "holdout", "windows_days", "price_buckets", "num_threads", "score_batch", "progress",
+          "device")
 
 
 class MTGRRanker(FeatureRankerMixin):
@@ -36,6 +38,7 @@ class MTGRRanker(FeatureRankerMixin):
         pointwise_weight: float = 0.2, max_train_candidates: int | None = None, seed: int = 0,
         train_folds: int = 1, holdout: float = 0.1, windows_days: tuple[int, ...] = (7, 30, 365),
         price_buckets: int = 10, num_threads: int | None = None, score_batch: int = 64, progress: bool = False,
+        device: str = "cpu",
     ) -> None:
         self.name = name
         self.d_model, self.n_layers, self.n_heads, self.dropout = d_model, n_layers, n_heads, dropout
@@ -45,6 +48,7 @@ class MTGRRanker(FeatureRankerMixin):
         self.seed, self.train_folds, self.holdout = seed, train_folds, holdout
         self.windows_days, self.price_buckets = tuple(windows_days), price_buckets
         self.num_threads, self.score_batch, self.progress = num_threads, score_batch, progress
+        self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
 
     def model_config(self, n_cross: int) -> MTGRConfig:
         attrs = self.features_.attrs_
@@ -56,8 +60,9 @@ class MTGRRanker(FeatureRankerMixin):
     def _new_model(self, cfg: MTGRConfig) -> MTGR:
         attrs = self.features_.attrs_
         table = np.stack([attrs.codes[a] for a in self.features_.config.attributes], axis=1)
-        return MTGR(cfg, torch.from_numpy(table), torch.from_numpy(attrs.price_bucket))
+        return MTGR(cfg, device.tensor(table), device.tensor(attrs.price_bucket))
 
+    @device.on_device
     def fit(self, train: RankingData, holdout: RankingData | None = None) -> "MTGRRanker":
         if not hasattr(self, "features_"):
             raise RuntimeError(f"ranker '{self.name}': call bind() before fit() (the model needs the item tables)")
@@ -67,14 +72,15 @@ class MTGRRanker(FeatureRankerMixin):
         model = self._new_model(self.config_)
         mean = train.features.mean(axis=0)
         std = np.maximum(train.features.std(axis=0), 1e-3)
-        model.cross_mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-        model.cross_std.copy_(torch.from_numpy(std.astype(np.float32)))
+        model.cross_mean.copy_(device.tensor(mean.astype(np.float32)))
+        model.cross_std.copy_(device.tensor(std.astype(np.float32)))
         tcfg = TrainConfig(**{k: getattr(self, k) for k in _TRAIN})
         report = train_model(model, train, holdout if holdout is not None else train.take(np.arange(0)), tcfg, self.progress)
         self.model_, self.feature_names_ = model, tuple(train.names)
         self.report_ = asdict(report)
         return self
 
+    @device.on_device
     @torch.no_grad()
     def score(self, batch: RequestBatch, pools: list[CandidateSet]) -> list[np.ndarray]:
         self._check_fitted("model_")
@@ -94,7 +100,7 @@ class MTGRRanker(FeatureRankerMixin):
             scores, _ = self.model_(inp)  # (G, M)
             sizes = np.diff(offs)
             mask = np.arange(scores.shape[1])[None, :] < sizes[:, None]
-            out[a:b] = scores.numpy()[mask]
+            out[a:b] = device.numpy(scores)[mask]
         return block.split(out)
 
     def _threads(self) -> None:
@@ -121,7 +127,8 @@ class MTGRRanker(FeatureRankerMixin):
         cfg = meta["config"]
         ranker.config_ = MTGRConfig(**{**cfg, "attr_sizes": tuple(cfg["attr_sizes"])})
         ranker.model_ = ranker._new_model(ranker.config_)
-        ranker.model_.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+        ranker.model_.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        ranker.model_.to(device.resolve(ranker.device))
         ranker.model_.eval()
         ranker.feature_names_ = tuple(meta["feature_names"])
         ranker.report_ = meta.get("report")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import data_parallel
+from pipeline import data_parallel, device
 from pipeline.types import PAD, RequestBatch
 from rankers.mtgr import MTGR, MTGRInputs
 
@@ -63,10 +63,10 @@ def request_inputs(batch: RequestBatch) -> dict[str, torch.Tensor]:
         np.where(has, np.log1p(np.maximum(last - np.where(has, first, last), 0) / DAY), 0.0),
     ], axis=1)
     return {
-        "user": torch.from_numpy(user.astype(np.float32)),
-        "hist_items": torch.from_numpy(np.where(valid, hist + 1, 0)),
-        "hist_dist": torch.from_numpy(np.broadcast_to(np.arange(width, 0, -1), hist.shape).copy()),
-        "hist_age": torch.from_numpy(np.where(valid, np.maximum(now - times, 0), 0).astype(np.float32)),
+        "user": device.tensor(user.astype(np.float32)),
+        "hist_items": device.tensor(np.where(valid, hist + 1, 0)),
+        "hist_dist": device.tensor(np.broadcast_to(np.arange(width, 0, -1), hist.shape).copy()),
+        "hist_age": device.tensor(np.where(valid, np.maximum(now - times, 0), 0).astype(np.float32)),
     }
 
 
@@ -80,7 +80,7 @@ def candidate_inputs(items: np.ndarray, cross: np.ndarray, offsets: np.ndarray) 
     feat = np.zeros((g, m, cross.shape[1]), np.float32)
     cand[row, col] = items + 1
     feat[row, col] = cross
-    return {"cand_items": torch.from_numpy(cand), "cand_cross": torch.from_numpy(feat)}
+    return {"cand_items": device.tensor(cand), "cand_cross": device.tensor(feat)}
 
 
 def make_inputs(batch: RequestBatch, items: np.ndarray, cross: np.ndarray, offsets: np.ndarray) -> MTGRInputs:
@@ -103,7 +103,7 @@ def _group_inputs(data, groups: np.ndarray, cfg: TrainConfig, rng: np.random.Gen
         new_offsets.append(new_offsets[-1] + len(r))
     rows = np.concatenate(rows)
     inp = make_inputs(data.batch(groups), data.items[rows], data.features[rows], np.asarray(new_offsets))
-    return inp, torch.tensor(positive)
+    return inp, device.tensor(positive)
 
 
 def _loss(model: MTGR, inp: MTGRInputs, positive: torch.Tensor, pointwise_weight: float) -> torch.Tensor:
@@ -129,7 +129,7 @@ def holdout_metrics(model: MTGR, data, batch_size: int = 64) -> dict[str, float]
         inp, positive = _group_inputs(data, groups, TrainConfig(), None)
         scores, _ = model(inp)
         pos_score = scores.gather(1, positive[:, None])
-        ranks.append((scores > pos_score).sum(1).numpy())
+        ranks.append(device.numpy((scores > pos_score).sum(1)))
     r = np.concatenate(ranks)
     return {"ndcg10": float(np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0).mean()), "recall10": float((r < 10).mean())}
 

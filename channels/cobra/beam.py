@@ -31,6 +31,7 @@ import torch
 
 from channels.cobra.model import CobraModel
 from channels.cobra.trie import CodeTrie
+from pipeline import device
 from pipeline.types import PAD, Retrieved, seen_mask
 
 NEG_INF = float("-inf")
@@ -127,7 +128,7 @@ def with_own_beams(cands: Candidates, beam_leaf: np.ndarray, item_leaf: np.ndarr
 
 def leaf_candidates(beams: Beams, trie: CodeTrie, max_leaf_items: int | None = None) -> Candidates:
     """Every item inside the ID of every live beam (at most max_leaf_items per ID)."""
-    leaf = beams.leaf.numpy().reshape(-1)  # (B*W,)
+    leaf = device.numpy(beams.leaf).reshape(-1)  # (B*W,)
     b, w = beams.leaf.shape
     live = np.flatnonzero(leaf >= 0)
     start = trie.leaf_ptr[leaf[live]]
@@ -137,7 +138,7 @@ def leaf_candidates(beams: Beams, trie: CodeTrie, max_leaf_items: int | None = N
     slot = np.repeat(live, count)  # (T,) flat beam slot
     first = np.repeat(np.cumsum(count) - count, count)
     items = trie.leaf_items[np.repeat(start, count) + np.arange(slot.size) - first]
-    return Candidates(beams.logp.numpy().astype(np.float64), slot // w, slot % w, items.astype(np.int64))
+    return Candidates(device.numpy(beams.logp).astype(np.float64), slot // w, slot % w, items.astype(np.int64))
 
 
 def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index, n: int,
@@ -169,9 +170,9 @@ def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index
 
 def with_similarity(cands: Candidates, v_hat: np.ndarray, item_vecs: np.ndarray) -> Candidates:
     """Attach the similarity v_hat . v_item of each candidate's beam (the cosine when both are normalised)."""
-    vh = torch.from_numpy(np.ascontiguousarray(v_hat))[torch.from_numpy(cands.rows), torch.from_numpy(cands.beams)]  # (T, D)
-    iv = torch.from_numpy(item_vecs)[torch.from_numpy(cands.items)]  # (T, D)
-    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, (vh * iv).sum(-1).numpy(), cands.own_beams)
+    vh = device.tensor(np.ascontiguousarray(v_hat))[device.tensor(cands.rows), device.tensor(cands.beams)]  # (T, D)
+    iv = device.tensor(item_vecs)[device.tensor(cands.items)]  # (T, D)
+    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, device.numpy((vh * iv).sum(-1)), cands.own_beams)
 
 
 def drop_seen(cands: Candidates, history: np.ndarray, seen: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
@@ -185,10 +186,10 @@ def drop_seen(cands: Candidates, history: np.ndarray, seen: tuple[np.ndarray, np
 
 def _segment_log_softmax(x: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
     """log softmax of x within each row group (x, rows: (T,))."""
-    xt, rt = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(rows)
+    xt, rt = device.tensor(x.astype(np.float64)), device.tensor(rows)
     m = torch.full((n_rows,), float("-inf"), dtype=torch.float64).scatter_reduce(0, rt, xt, "amax")
     z = torch.zeros(n_rows, dtype=torch.float64).index_add(0, rt, torch.exp(xt - m[rt]))
-    return (xt - m[rt] - torch.log(z[rt])).numpy()
+    return device.numpy(xt - m[rt] - torch.log(z[rt]))
 
 
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:

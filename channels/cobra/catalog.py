@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from channels.cobra.features import ItemFeatures
 from channels.cobra.model import CobraModel
 from channels.cobra.trie import CodeTrie
+from pipeline import device
 
 INDEX_KINDS = ("flat", "hnsw")
 
@@ -62,14 +63,14 @@ def encode_items(model: CobraModel, features: ItemFeatures, rows: np.ndarray | N
     out = []
     for lo in range(0, len(rows), batch):
         f = features.rows(rows[lo : lo + batch]).to_torch()
-        out.append(model.item_encoder(f).numpy())
+        out.append(device.numpy(model.item_encoder(f)))
     model.train(was_training)
     dim = model.cfg.dense_dim
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    return F.normalize(torch.from_numpy(np.ascontiguousarray(x, np.float32)), dim=-1).numpy()
+    return device.numpy(F.normalize(device.tensor(np.ascontiguousarray(x, np.float32)), dim=-1))
 
 
 def save_index(index: faiss.Index, path: Path) -> None:

@@ -40,6 +40,7 @@ from channels.cobra.semantic_ids import (
 )
 from channels.cobra.train import TrainConfig, build_windows, fit_model
 from channels.cobra.trie import CodeTrie
+from pipeline import device
 from pipeline.artifacts import atomic_write_json, read_json
 from pipeline.protocols import FitData
 from pipeline.types import PAD, RequestBatch, Retrieved
@@ -73,6 +74,7 @@ class CobraChannel:
         neighbor_id_score: str = "search",
         index: str = "flat", hnsw_m: int = 32, ef_search: int = 128,
         num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
+        device: str = "cpu",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -102,6 +104,7 @@ class CobraChannel:
         self.neighbor_id_score = neighbor_id_score
         self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
+        self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
 
     # ---- the small configs handed to each part --------------------------------------------
     def _params(self) -> dict:
@@ -142,6 +145,7 @@ class CobraChannel:
         return IndexConfig(kind=self.index, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
 
     # ---- fit ------------------------------------------------------------------------------
+    @device.on_device
     def fit(self, data: FitData) -> "CobraChannel":
         """Train on `data.train`, or (validation data given) on `data.valid_history` with early
         stopping on `data.valid`; with `refit`, then train a fresh model on `data.train` for the
@@ -175,7 +179,7 @@ class CobraChannel:
         self.model_ = CobraModel(self.model_cfg_)
         self._refresh()
         evaluate = valid_callback(self, data.valid_history, data.valid, self.valid_users, seed) if with_valid else None
-        return fit_model(self.model_, torch.from_numpy(self.codes_), self.features_.to_torch(),
+        return fit_model(self.model_, device.tensor(self.codes_), self.features_.to_torch(),
                          build_windows(frame, self.max_len), self.popularity_, tcfg,
                          evaluate=(lambda: (self._refresh(), evaluate())[1]) if evaluate else None,
                          child=list(self.trie_.child))
@@ -233,6 +237,7 @@ class CobraChannel:
         if not hasattr(self, "model_"):
             raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
 
+    @device.on_device
     @torch.no_grad()
     def history_states(self, history: np.ndarray) -> torch.Tensor:
         """The model's state after the last history item of every row (B, d)."""
@@ -241,13 +246,14 @@ class CobraChannel:
         used = real.any(axis=0)
         start = int(np.argmax(used)) if used.any() else hist.shape[1] - 1
         hist, real = hist[:, start:], real[:, start:]  # drop columns that are padding in every row
-        real_t = torch.from_numpy(real)
-        idx = torch.from_numpy(np.where(real, hist, 0))
-        codes = torch.from_numpy(self.codes_)[idx]  # (B, T, L)
-        dense = torch.from_numpy(self.item_raw_)[idx] if self.dense else None  # (B, T, D)
+        real_t = device.tensor(real)
+        idx = device.tensor(np.where(real, hist, 0))
+        codes = device.tensor(self.codes_)[idx]  # (B, T, L)
+        dense = device.tensor(self.item_raw_)[idx] if self.dense else None  # (B, T, D)
         self.model_.eval()
         return self.model_.encode(codes, dense, real_t)[:, -1]  # (B, d)
 
+    @device.on_device
     def retrieve(self, batch: RequestBatch, k: int, beam_size: int | None = None) -> Retrieved:
         self._check_fitted()
         if len(batch) == 0 or k <= 0:
@@ -256,6 +262,7 @@ class CobraChannel:
                  for lo in range(0, len(batch), self.eval_batch_size)]
         return Retrieved(np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts]))
 
+    @device.on_device
     @torch.no_grad()
     def candidates(self, history: np.ndarray, beam_size: int | None = None,
                    seen: tuple[np.ndarray, np.ndarray] | None = None, k: int = 0) -> Candidates:
@@ -268,13 +275,13 @@ class CobraChannel:
         cands = leaf_candidates(beams, self.trie_, cfg.max_leaf_items)
         if self.dense:
             v_hat = self.model_.dense_vector(beams.dense_state)  # (B, W, D)
-            v_hat = (F.normalize(v_hat, dim=-1) if self.similarity == "cosine" else v_hat).numpy()
+            v_hat = device.numpy(F.normalize(v_hat, dim=-1) if self.similarity == "cosine" else v_hat)
             if cfg.catalog_neighbors > 0:
-                groups = beams.codes[..., : self.model_cfg_.dense_after].numpy()  # beams sharing v_hat
+                groups = device.numpy(beams.codes[..., : self.model_cfg_.dense_after])  # beams sharing v_hat
                 n_seen = int(np.bincount(seen[0]).max()) if seen is not None and len(seen[0]) else history.shape[1]
                 cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups,
                                             fill=k + n_seen if k > 0 else 0)
-                cands = with_own_beams(cands, beams.leaf.numpy(), self.trie_.item_leaf)
+                cands = with_own_beams(cands, device.numpy(beams.leaf), self.trie_.item_leaf)
             cands = with_similarity(cands, v_hat, self.item_vecs_)
         return drop_seen(cands, history, seen)
 
@@ -299,6 +306,7 @@ class CobraChannel:
         return self.item_vecs_[ids]
 
     # ---- new items ------------------------------------------------------------------------
+    @device.on_device
     def add_items(self, items: pd.DataFrame) -> np.ndarray:
         """Give items with content but no interactions a code and a dense vector, from content
         alone, and make them retrievable. item_id: inactive ids < n, or n, n+1, ... in order.
@@ -379,6 +387,12 @@ class CobraChannel:
         ch = cls(**meta["params"])
         if ch.num_threads:
             torch.set_num_threads(ch.num_threads)
+        return ch._restore(path, meta)
+
+    @device.on_device
+    def _restore(self, path: Path, meta: dict) -> "CobraChannel":
+        """The fitted state from a saved folder, its torch parts made on this channel's device."""
+        ch = self
         ch.sizes_, ch.fit_report_ = [int(s) for s in meta["sizes"]], meta["fit_report"]
         ch.report_ = read_json(path / "semantic_ids_report.json")
         ch.encoder_ = ContentEncoder.load(path / "encoder")

@@ -17,6 +17,8 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from pipeline import device
+
 
 @dataclass(frozen=True)
 class ItemFeatures:
@@ -53,7 +55,7 @@ class ItemFeatures:
         return ItemFeatures(**out)
 
     def to_torch(self) -> dict[str, torch.Tensor]:
-        return {f.name: torch.from_numpy(np.ascontiguousarray(getattr(self, f.name))) for f in fields(self)}
+        return {f.name: device.tensor(np.ascontiguousarray(getattr(self, f.name))) for f in fields(self)}
 
     def save(self, path: Path) -> None:
         for f in fields(self):

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from channels.cobra.semantic_ids import ResidualKMeans
+from pipeline import device
 
 
 class _Net(nn.Module):
@@ -52,14 +53,14 @@ class RQVAE:
 
     def fit(self, x: np.ndarray) -> "RQVAE":
         torch.manual_seed(self.seed)
-        gen = torch.Generator().manual_seed(self.seed)
-        data = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        gen = device.generator(self.seed)
+        data = device.tensor(np.ascontiguousarray(x, np.float32))
         self.d_in_ = data.shape[1]
         self.net_ = _Net(self.d_in_, self.hidden, self.d_latent, self.levels)
         with torch.no_grad():  # k-means initialised codebooks
-            init = ResidualKMeans(self.levels, self.kmeans_iter, self.seed).fit(self.net_.enc(data).numpy())
+            init = ResidualKMeans(self.levels, self.kmeans_iter, self.seed).fit(device.numpy(self.net_.enc(data)))
             for book, cent in zip(self.net_.codebooks, init.centroids_):
-                book.copy_(torch.from_numpy(cent))
+                book.copy_(device.tensor(cent))
         opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
         self.history_ = []
         for _ in range(self.epochs):
@@ -90,8 +91,8 @@ class RQVAE:
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> np.ndarray:
-        z = self.net_.enc(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
-        return self.net_.quantize(z)[0].numpy().astype(np.int64)
+        z = self.net_.enc(device.tensor(np.ascontiguousarray(x, np.float32)))
+        return device.numpy(self.net_.quantize(z)[0]).astype(np.int64)
 
     def save(self, path: Path) -> None:
         path = Path(path)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from channels.cobra.model import CobraModel
 from channels.sequence import FitReport, LoopConfig, NegativeSampler, Windows, build_windows, train_loop, trim
-from pipeline import data_parallel
+from pipeline import data_parallel, device
 from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class BatchLoss:
                 table = self._encode_items(cand, gen)  # (N, Dd), no gradient
             cand_vecs = table.index_copy(0, uniq, vecs)  # the batch's items carry gradient
         elif cfg.negatives == "sampled":
-            negs = torch.from_numpy(self.sampler.sample(cfg.n_negatives, self.rng))  # (S,)
+            negs = device.tensor(self.sampler.sample(cfg.n_negatives, self.rng))  # (S,)
             cand = torch.unique(torch.cat([tgt, negs]))  # (C,)
             cand_vecs = self._encode_items(cand, gen)  # (C, Dd)
         else:
@@ -151,8 +151,8 @@ class BatchLoss:
         if cfg.negatives == "in_batch" and cfg.logq and self.log_q is not None:
             logits = logits - self.log_q[cand][None, :]
         elif cfg.negatives == "sampled":
-            log_q = self.sampler.log_q(cand.numpy(), len(tgt), cfg.n_negatives)  # log P(in the candidate set)
-            logits = logits - torch.from_numpy(log_q).float()[None, :]
+            log_q = self.sampler.log_q(device.numpy(cand), len(tgt), cfg.n_negatives)  # log P(in the candidate set)
+            logits = logits - device.tensor(log_q).float()[None, :]
         return F.cross_entropy(logits, labels)
 
 
@@ -164,9 +164,9 @@ def fit_model(model: CobraModel, codes: torch.Tensor, features: dict[str, torch.
     trie's child tables, for the drawn conditioning IDs."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = device.generator(cfg.seed)
     q = popularity.astype(np.float64) + 1.0
-    log_q = torch.from_numpy(np.log(q / q.sum()).astype(np.float32))
+    log_q = device.tensor(np.log(q / q.sum()).astype(np.float32))
     sampler = None
     if cfg.negatives == "sampled":
         freq = np.bincount(windows.targets[windows.targets >= 0], minlength=codes.shape[0]).astype(np.float64)
@@ -175,7 +175,7 @@ def fit_model(model: CobraModel, codes: torch.Tensor, features: dict[str, torch.
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def step(rows: np.ndarray) -> dict[str, float]:
-        inputs, targets = (torch.from_numpy(a) for a in trim(windows.inputs[rows], windows.targets[rows]))
+        inputs, targets = (device.tensor(a) for a in trim(windows.inputs[rows], windows.targets[rows]))
         out = loss_fn(inputs, targets, gen)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline import device
+
 
 @dataclass(frozen=True)
 class CodeTrie:
@@ -43,7 +45,7 @@ class CodeTrie:
             uniq, inverse = np.unique(key, return_inverse=True)
             table = np.full((n_prefix, k), -1, np.int64)
             table[uniq // k, uniq % k] = np.arange(len(uniq))
-            child.append(torch.from_numpy(table))
+            child.append(device.tensor(table))
             prefix, n_prefix = inverse.reshape(-1), len(uniq)
         order = np.argsort(prefix, kind="stable")
         leaf_ptr = np.zeros(n_prefix + 1, np.int64)
@@ -64,7 +66,7 @@ class CodeTrie:
         for level, table in enumerate(self.child):
             ok = node >= 0
             nxt = np.full_like(node, -1)
-            nxt[ok] = table.numpy()[node[ok], codes[ok, level]]
+            nxt[ok] = device.numpy(table)[node[ok], codes[ok, level]]
             node = nxt
         return node
 

@@ -25,6 +25,7 @@ from channels.two_tower.features import ItemFeatureEncoder, ItemFeatures
 from channels.two_tower.index import IndexConfig, ItemIndex
 from channels.two_tower.model import ItemInputs, ItemTowerConfig, TwoTowerModel, UserTowerConfig
 from channels.two_tower.train import FitReport, TrainConfig, build_requests, build_windows, fit_model, trim
+from pipeline import device
 from pipeline.artifacts import atomic_write_json, read_json
 from pipeline.protocols import FitData
 from pipeline.types import PAD, RequestBatch, Retrieved
@@ -36,7 +37,7 @@ USER_CHUNK = 256  # requests encoded together (sorted by history length to cut p
 
 def item_inputs(features: ItemFeatures, ids: np.ndarray | None = None) -> ItemInputs:
     ids = np.arange(len(features), dtype=np.int64) if ids is None else np.array(ids, np.int64)  # a writable copy
-    return ItemInputs(torch.from_numpy(ids), *(torch.from_numpy(np.ascontiguousarray(getattr(features, f)))
+    return ItemInputs(device.tensor(ids), *(device.tensor(np.ascontiguousarray(getattr(features, f)))
                                                  for f in ("category", "brand", "path", "price", "tokens")))
 
 
@@ -60,6 +61,7 @@ class TwoTowerChannel:
         ef_construction: int = 200, use_gpu: bool = True,
         # runtime
         num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
+        device: str = "cpu",
     ) -> None:
         self.name = name
         self.d_model, self.n_layers, self.n_heads, self.d_ff, self.max_len = d_model, n_layers, n_heads, d_ff, max_len
@@ -74,6 +76,7 @@ class TwoTowerChannel:
         self.index, self.nlist, self.nprobe, self.hnsw_m = index, nlist, nprobe, hnsw_m
         self.ef_search, self.ef_construction, self.use_gpu = ef_search, ef_construction, use_gpu
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
+        self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
 
     # ---- the small configs handed to each part -------------------------------------------
     def _params(self) -> dict:
@@ -105,6 +108,7 @@ class TwoTowerChannel:
         return TwoTowerModel(self.item_config(n_items, sizes), self.user_config(), normalize=self.normalize)
 
     # ---- fit / retrieve -------------------------------------------------------------------
+    @device.on_device
     def fit(self, data: FitData) -> "TwoTowerChannel":
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
@@ -146,30 +150,31 @@ class TwoTowerChannel:
     @torch.no_grad()
     def _index_all(self, index_cfg: IndexConfig) -> None:
         self.model_.eval()
-        self.item_raw_ = self.model_.item_tower(item_inputs(self.features_)).numpy()  # (N, d)
+        self.item_raw_ = device.numpy(self.model_.item_tower(item_inputs(self.features_)))  # (N, d)
         self.index_ = ItemIndex.build(self._scored(self.item_raw_), index_cfg)
 
     def _scored(self, raw: np.ndarray) -> np.ndarray:
-        return self.model_.output(torch.from_numpy(raw)).numpy().astype(np.float32)
+        return device.numpy(self.model_.output(device.tensor(raw))).astype(np.float32)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
 
+    @device.on_device
     @torch.no_grad()
     def user_vectors(self, batch: RequestBatch) -> np.ndarray:
         """The user tower's vector of every request (float32 [B, d]) from its last max_len items."""
         self._check_fitted()
         self.model_.eval()
         history, times = batch.history[:, -self.max_len :], batch.history_times[:, -self.max_len :]
-        raw = torch.from_numpy(self.item_raw_)  # (N, d)
+        raw = device.tensor(self.item_raw_)  # (N, d)
         out = np.zeros((len(batch), self.d_model), np.float32)
         order = np.argsort((history != PAD).sum(1), kind="stable")  # similar lengths share a chunk
         for lo in range(0, len(order), USER_CHUNK):
             rows = order[lo : lo + USER_CHUNK]
             h, t = trim(history[rows], times[rows])  # drop columns that are padding in every row
-            states = self.model_.user_states(raw, torch.from_numpy(h), torch.from_numpy(t))  # (b, L, d)
-            out[rows] = states[:, -1].numpy()  # (b, d)
+            states = self.model_.user_states(raw, device.tensor(h), device.tensor(t))  # (b, L, d)
+            out[rows] = device.numpy(states[:, -1])  # (b, d)
         return out
 
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
@@ -190,6 +195,7 @@ class TwoTowerChannel:
         return Retrieved(items, scores)
 
     # ---- new items ------------------------------------------------------------------------
+    @device.on_device
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Scored vectors (float32 [n, d]): of known item ids (array), or computed by the item tower
@@ -209,8 +215,9 @@ class TwoTowerChannel:
             raise ValueError(f"channel '{self.name}': the items frame needs an 'item_id' column (dense index)")
         self.model_.eval()
         inputs = item_inputs(self.encoder_.transform(items), items["item_id"].to_numpy(np.int64))
-        return self.model_.item_tower(inputs).numpy()  # (n, d)
+        return device.numpy(self.model_.item_tower(inputs))  # (n, d)
 
+    @device.on_device
     def add_items(self, items: pd.DataFrame) -> np.ndarray:
         """Add items with the next dense ids (n, n+1, ...) to the index; returns their vectors."""
         self._check_fitted()
@@ -250,6 +257,7 @@ class TwoTowerChannel:
         ch.features_ = ItemFeatures.load(path)
         ch.model_ = ch._build_model(ch.n_trained_, ch.encoder_.cardinalities(), 0)
         ch.model_.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+        ch.model_.to(device.resolve(ch.device))
         ch.model_.eval()
         ch.item_raw_ = np.load(path / "item_raw.npy", allow_pickle=False)
         ch.index_ = ItemIndex.load(path / "index.faiss", ch.index_config())

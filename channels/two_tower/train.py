@@ -22,7 +22,7 @@ from channels.sequence import (
     FitReport, LoopConfig, NegativeSampler, Windows, build_windows, train_loop, trim, user_sequences,
 )
 from channels.two_tower.model import ItemInputs, TwoTowerModel
-from pipeline import data_parallel
+from pipeline import data_parallel, device
 from pipeline.types import PAD
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,12 @@ def evaluate(model: TwoTowerModel, items: ItemInputs, req: Requests, k: int = 10
     ranks = []
     for lo in range(0, len(req.targets), batch_size):
         hist, times = trim(req.history[lo : lo + batch_size], req.times[lo : lo + batch_size])
-        h = torch.from_numpy(hist)  # (B, L)
-        u = model.user_states(raw, h, torch.from_numpy(times))[:, -1]  # (B, d)
+        h = device.tensor(hist)  # (B, L)
+        u = model.user_states(raw, h, device.tensor(times))[:, -1]  # (B, d)
         scores = u @ vecs.T  # (B, N)
         rows, cols = np.nonzero(hist != PAD)
         scores[rows, hist[rows, cols]] = -torch.inf
-        tgt = torch.from_numpy(req.targets[lo : lo + batch_size])  # (B,)
+        tgt = device.tensor(req.targets[lo : lo + batch_size])  # (B,)
         t_score = scores.gather(1, tgt[:, None])  # (B, 1)
         rank = (scores > t_score).sum(1).double()  # (B,)
         ranks.append(torch.where(torch.isfinite(t_score[:, 0]), rank, torch.full_like(rank, np.inf)))
@@ -126,7 +126,7 @@ def sampled_loss(model: TwoTowerModel, items: ItemInputs, inputs: torch.Tensor, 
                  rng: np.random.Generator) -> torch.Tensor:
     has_t = targets >= 0  # (B, L)
     pos = targets[has_t]  # (P,)
-    negs = torch.from_numpy(sampler.sample(cfg.n_negatives, rng))  # (S,)
+    negs = device.tensor(sampler.sample(cfg.n_negatives, rng))  # (S,)
     cand, cand_inv = torch.unique(torch.cat([pos, negs]), return_inverse=True)  # (C,), (P+S,)
     needed, needed_inv = torch.unique(torch.cat([cand, inputs[inputs >= 0]]), return_inverse=True)  # (M,)
     raw = model.item_tower(items.take(needed))  # (M, d) only the items this batch touches
@@ -135,7 +135,7 @@ def sampled_loss(model: TwoTowerModel, items: ItemInputs, inputs: torch.Tensor, 
     hist = torch.where(inputs >= 0, local[inputs.clamp(min=0)], inputs)  # (B, L)
     u = model.user_states(raw, hist, times)[has_t]  # (P, d)
     c = model.output(raw[needed_inv[: len(cand)]])  # (C, d)
-    log_q = torch.from_numpy(sampler.log_q(cand.numpy(), len(pos), cfg.n_negatives)).float()  # (C,)
+    log_q = device.tensor(sampler.log_q(device.numpy(cand), len(pos), cfg.n_negatives)).float()  # (C,)
     logits = (u / cfg.temperature) @ c.T - log_q  # (P, C)
     return F.cross_entropy(logits, cand_inv[: len(pos)])
 
@@ -158,7 +158,7 @@ def fit_model(model: TwoTowerModel, items: ItemInputs, windows: Windows, cfg: Tr
 
     def step(rows: np.ndarray) -> dict[str, float]:
         arrays = trim(windows.inputs[rows], windows.times[rows], windows.targets[rows])
-        inputs, times, targets = (torch.from_numpy(a) for a in arrays)  # (b, L) each
+        inputs, times, targets = (device.tensor(a) for a in arrays)  # (b, L) each
         if cfg.loss == "full":
             loss = full_loss(model, items, inputs, times, targets, cfg.temperature)
         else:
