@@ -62,17 +62,16 @@ def top_k_pairs(rows: np.ndarray, items: np.ndarray, scores: np.ndarray, n_rows:
     rows with fewer candidates padded with PAD / -inf. Each (row, item) pair must appear once."""
     rows, items = np.asarray(rows, np.int64), np.asarray(items, np.int64)
     scores = np.asarray(scores, np.float32)
-    out_items = np.full((n_rows, max(k, 0)), PAD, np.int64)
-    out_scores = np.full((n_rows, max(k, 0)), -np.inf, np.float32)
+    out = Retrieved.empty(n_rows, max(k, 0))
     keep = np.isfinite(scores)
     rows, items, scores = rows[keep], items[keep], scores[keep]
     if k <= 0 or not len(rows):
-        return Retrieved(out_items, out_scores)
+        return out
     order = np.lexsort((items, -scores, rows))
     rows, items, scores = rows[order], items[order], scores[order]
     starts = np.searchsorted(rows, rows, side="left")  # first position of each entry's row
     rank = np.arange(len(rows)) - starts
     take = rank < k
-    out_items[rows[take], rank[take]] = items[take]
-    out_scores[rows[take], rank[take]] = scores[take]
-    return Retrieved(out_items, out_scores)
+    out.items[rows[take], rank[take]] = items[take]
+    out.scores[rows[take], rank[take]] = scores[take]
+    return out

@@ -168,12 +168,14 @@ def fit_on_ray(component, args: tuple, cfg: TrainConfig, name: str):
 
     threads = max(1, (component.num_threads or torch.get_num_threads()) // cfg.workers)
     ensure_ray(cfg, min_cpus=cfg.workers * threads)
-    wants = str(getattr(component, "device", "cpu")).lower()  # GPU workers (NCCL) for cuda, and for auto where every worker gets one
+    # GPU workers (NCCL) for cuda, and for auto where every worker gets a GPU
+    wants = str(getattr(component, "device", "cpu")).lower()
     use_gpu = wants.startswith("cuda") or (wants == "auto" and ray.cluster_resources().get("GPU", 0) >= cfg.workers)
     storage = Path(cfg.storage).resolve() if cfg.storage else Path(tempfile.mkdtemp(prefix="hybridrec-train-"))
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"component": ray.put(component), "args": ray.put(args), "threads": threads, "use_gpu": use_gpu},
+        train_loop_config={"component": ray.put(component), "args": ray.put(args), "threads": threads,
+                           "use_gpu": use_gpu},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         # a worker holds as many CPUs as it runs threads: Ray then sets its OMP/BLAS threads to match,
         # so 1 worker computes exactly what this process would

@@ -12,4 +12,5 @@ train.py          training: per-level code cross-entropy + dense contrastive los
 beam.py           trie-constrained beam search and BeamFusion
 requests.py       validation requests for early stopping through the real retrieval path
 channel.py        CobraChannel (modes: cobra, cobra_sparse, tiger)
+persist.py        the channel's save / load (JSON, .npy, weights-only state_dict, faiss; no pickle)
 """

@@ -18,7 +18,7 @@ quantizer/ folders (JSON + .npy), item_raw.npy, index.faiss, semantic_ids_report
 """
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +30,22 @@ from channels.cobra.beam import (
     NEIGHBOR_ID_SCORES, BeamConfig, Candidates, beam_search, drop_seen, fusion_scores, leaf_candidates,
     neighbor_candidates, sparse_scores, top_unique, with_own_beams, with_similarity,
 )
-from channels.cobra.catalog import IndexConfig, build_index, encode_items, leaf_log_prior, load_index, normalize, save_index
+from channels.cobra.catalog import IndexConfig, build_index, encode_items, leaf_log_prior, normalize
 from channels.cobra.encoder import ContentEncoder, EncoderConfig
-from channels.cobra.features import ItemFeatures, build_features, price_edges
+from channels.cobra.features import build_features, price_edges
 from channels.cobra.model import CobraModel, ModelConfig
+from channels.cobra.persist import read_meta, restore_channel, save_channel
 from channels.cobra.requests import valid_callback
 from channels.cobra.semantic_ids import (
-    IdConfig, code_report, load_quantizer, make_quantizer, next_free_tokens, with_disambiguation,
+    IdConfig, code_report, make_quantizer, next_free_tokens, with_disambiguation,
 )
 from channels.cobra.train import TrainConfig, build_windows, fit_model
 from channels.cobra.trie import CodeTrie
 from pipeline import device
-from pipeline.artifacts import atomic_write_json, read_json
 from pipeline.protocols import FitData
 from pipeline.types import PAD, RequestBatch, Retrieved
 
 MODES = ("cobra", "cobra_sparse", "tiger")
-FORMAT = 2  # saved-artifact layout: 2 = the shared causal encoder (channels/sequence.py)
 
 
 class CobraChannel:
@@ -361,54 +360,17 @@ class CobraChannel:
 
     def save(self, path: Path) -> None:
         self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model_.state_dict(), path / "model.pt")
-        self.encoder_.save(path / "encoder")
-        self.quantizer_.save(path / "quantizer")
-        for name in ("codes_", "active_", "popularity_", "price_edges_"):
-            np.save(path / f"{name[:-1]}.npy", getattr(self, name), allow_pickle=False)
-        self.features_.save(path)
-        if self.dense:
-            np.save(path / "item_raw.npy", self.item_raw_, allow_pickle=False)
-            save_index(self.index_, path / "index.faiss")
-        model_cfg = asdict(self.model_cfg_) | {"code_sizes": list(self.model_cfg_.code_sizes)}
-        atomic_write_json(path / "semantic_ids_report.json", self.report_)
-        atomic_write_json(path / "params.json", {"format": FORMAT, "params": self._params(), "sizes": self.sizes_, "model": model_cfg,
-                                                 "fit_report": self.fit_report_})
+        save_channel(self, Path(path))
 
     @classmethod
     def load(cls, path: Path) -> "CobraChannel":
-        path = Path(path)
-        meta = read_json(path / "params.json")
-        if meta.get("format", 1) != FORMAT:
-            raise ValueError(f"{path}: a COBRA channel saved in format {meta.get('format', 1)} (before the shared "
-                             f"sequence encoder); this version reads format {FORMAT}: retrain it")
+        meta = read_meta(Path(path))
         ch = cls(**meta["params"])
         if ch.num_threads:
             torch.set_num_threads(ch.num_threads)
-        return ch._restore(path, meta)
+        return ch._restore(Path(path), meta)
 
     @device.on_device
     def _restore(self, path: Path, meta: dict) -> "CobraChannel":
         """The fitted state from a saved folder, its torch parts made on this channel's device."""
-        ch = self
-        ch.sizes_, ch.fit_report_ = [int(s) for s in meta["sizes"]], meta["fit_report"]
-        ch.report_ = read_json(path / "semantic_ids_report.json")
-        ch.encoder_ = ContentEncoder.load(path / "encoder")
-        ch.quantizer_ = load_quantizer(path / "quantizer", ch.quantizer)
-        for name in ("codes_", "active_", "popularity_", "price_edges_"):
-            setattr(ch, name, np.load(path / f"{name[:-1]}.npy", allow_pickle=False))
-        ch.features_ = ItemFeatures.load(path)
-        ch.model_cfg_ = ModelConfig(**(meta["model"] | {"code_sizes": tuple(meta["model"]["code_sizes"])}))
-        ch.model_ = CobraModel(ch.model_cfg_)
-        ch.model_.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-        ch.model_.eval()
-        ch.trie_ = CodeTrie.build(ch.codes_, tuple(ch.sizes_), ch.active_)
-        ch.log_prior_ = leaf_log_prior(ch.trie_, ch.popularity_, ch.active_)
-        if ch.dense:
-            ch.item_raw_ = np.load(path / "item_raw.npy", allow_pickle=False)
-            ch.item_vecs_ = ch._scored(ch.item_raw_)
-            ch.index_ = load_index(path / "index.faiss", ch.index_config())
-        return ch
-
+        return restore_channel(self, path, meta)
