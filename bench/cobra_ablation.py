@@ -47,6 +47,13 @@ VARIANTS = {
                           "tied input and the two-tower's sampled loss together"),
     "uncond_tied": ("cobra", ["dense_levels=0", "dense_condition=teacher", "tied_input=true"],
                     "as sampled_tied (the shipped mode), the dense head unconditioned"),
+    "residual_l1": ("cobra", ["dense_levels=1", "dense_condition=teacher", "dense_cond=residual", "uncond_weight=1.0",
+                              "tied_input=true"],
+                    "as sampled_tied, but the dense head has its own zero-initialised code embeddings, conditioned on "
+                    "the first ID level, trained on the true ID, plus the same loss on the unconditioned vector"),
+    "residual_all": ("cobra", ["dense_levels=null", "dense_condition=teacher", "dense_cond=residual",
+                               "uncond_weight=1.0", "tied_input=true"],
+                     "as residual_l1, conditioned on the whole ID"),
     "uncond_drop4": ("cobra", ["dense_levels=0", "dense_condition=teacher", "dropout=0.4"],
                      "as uncond, dropout 0.4"),
 }

@@ -2,6 +2,7 @@
 
     nice -n 5 python -m bench.cobra_latency [--run runs/cobra_cobra-beauty] [--requests 300]
     python -m bench.cobra_latency --run runs/cobra_cobra_b_sampled-beauty --shuffle-ties 1 --quality
+    python -m bench.cobra_latency --run RUN --shuffle-ties 1 --quality --set search_beams=2 --search-beams 0,1,4
 
 Loads a channel saved by bench/cobra_beauty.py and answers single requests (batch size 1, k=10)
 of a seeded sample of Amazon Beauty test users, at beam sizes 10, 20 and 50, after a warm-up;
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from bench.summary import RESULTS, record
 from channels.cobra.channel import CobraChannel
@@ -33,6 +35,7 @@ BEAMS = (10, 20, 50)
 
 
 def measure(channel: CobraChannel, batch, beam: int, n_warm: int = 20) -> dict:
+    """Single-request latency at one beam size (and the channel's other inference settings)."""
     for i in range(min(n_warm, len(batch))):
         channel.retrieve(batch.take(slice(i, i + 1)), 10, beam_size=beam)
     times = []
@@ -45,7 +48,7 @@ def measure(channel: CobraChannel, batch, beam: int, n_warm: int = 20) -> dict:
     channel.retrieve(batch, 10, beam_size=beam)
     batched = 1e3 * (time.perf_counter() - t) / len(batch)
     ms = np.array(times)
-    return {"beam_size": beam, "requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+    return {"beam_size": beam, "search_beams": channel.search_beams, "requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
             "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
             "batched_ms_per_request": batched}
 
@@ -59,40 +62,58 @@ def main(argv=None) -> int:
                     help="the tie order the channel was trained under (protocol B); requests come from that split")
     ap.add_argument("--quality", action="store_true",
                     help="also validation R@10 / N@10 (all validation users) at every beam size")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an inference setting of the loaded channel (e.g. search_beams=2); recorded")
+    ap.add_argument("--search-beams", default="",
+                    help="comma-separated search_beams values also measured at beam 20 (0: all beams); table only")
     args = ap.parse_args(argv)
     command = "nice -n 5 python -m bench.cobra_latency " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
     channel = CobraChannel.load(Path(args.run))
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(channel, key) or key.endswith("_"):
+            raise SystemExit(f"--set {item}: the channel has no setting {key!r}")
+        setattr(channel, key, yaml.safe_load(value))
     ds = load_dataset("amazon", DATA / "amazon-beauty-2014-5core")
     if args.shuffle_ties is not None:
         ds = shuffle_ties(ds, args.shuffle_ties)
     split = leave_one_out(ds.interactions)
     evalset = build_eval_set(split, "test", 50, max_users=args.requests, seed=0)
     valid = build_eval_set(split, "valid", 50) if args.quality else None
-    rows = []
-    for beam in BEAMS:
+    def one_row(beam: int) -> dict:
         res = measure(channel, evalset.batch, beam)
         if valid is not None:
             topk = np.concatenate([channel.retrieve(valid.batch.take(slice(lo, lo + 1024)), 10, beam_size=beam).items
                                    for lo in range(0, len(valid), 1024)])
             q = M.summarize(M.target_ranks(topk, valid.targets), (10,))
             res |= {"valid_R@10": q["R@10"], "valid_N@10": q["N@10"]}
-        rows.append(res)
-        print(f"beam {beam}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+        print(f"beam {beam}, search_beams {channel.search_beams}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
               f"batched {res['batched_ms_per_request']:.2f} ms/request", flush=True)
+        return res
+
+    rows = [one_row(beam) for beam in BEAMS]
+    shipped = channel.search_beams
+    extra = []
+    for value in (int(v) for v in args.search_beams.split(",") if v.strip()):
+        channel.search_beams = value or None
+        if channel.search_beams != shipped:
+            extra.append(one_row(20))
+    channel.search_beams = shipped
     meta = {"command": command, "run": args.run, "mode": channel.mode, "catalog_neighbors": channel.catalog_neighbors,
             "dense_levels": channel.dense_levels, "dense_condition": channel.dense_condition,
+            "search_beams": shipped, "settings": args.set, "search_beams_rows": extra,
             "torch_threads": args.threads, "k": 10, "machine": "2-core CPU shared with other jobs (see load)",
             "load_average": os.getloadavg(), "results": rows}
     (RESULTS / "cobra_latency.json").write_text(json.dumps(meta, indent=1))
     lines = [f"COBRA ({channel.mode}) beam-search latency per request, in process, k=10, "
              f"catalog_neighbors={channel.catalog_neighbors}, {args.threads} torch thread(s); load average "
              f"{meta['load_average'][0]:.1f} on 2 cores.", "",
-             "| beam | p50 ms | p90 ms | p99 ms | mean ms | batched ms/request | valid R@10 | valid N@10 |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['beam_size']} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
+             "| beam | search_beams | p50 ms | p90 ms | p99 ms | mean ms | batched ms/request | valid R@10 | valid N@10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['beam_size']} | {r['search_beams'] or 'all'} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
               f"{r['batched_ms_per_request']:.2f} | {r.get('valid_R@10', float('nan')):.4f} | "
-              f"{r.get('valid_N@10', float('nan')):.4f} |" for r in rows]
+              f"{r.get('valid_N@10', float('nan')):.4f} |" for r in rows + extra]
     lines += ["", f"`{command}`"]
     (RESULTS / "cobra_latency.md").write_text("\n".join(lines) + "\n")
     for r in rows:

@@ -157,6 +157,34 @@ def test_the_best_beam_searches_deep_enough_to_fill_k():
     assert neighbor_candidates(base, v_hat, index, 3).items.size == 15  # no fill: n per live beam
 
 
+def test_only_the_best_search_beams_search_the_catalog():
+    from channels.cobra.catalog import IndexConfig, build_index, normalize
+    from channels.cobra.beam import neighbor_candidates
+
+    rng = np.random.default_rng(2)
+    item_vecs = normalize(rng.normal(size=(40, 8)).astype(np.float32))
+    index = build_index(item_vecs, np.arange(40), IndexConfig())
+    v_hat = normalize(rng.normal(size=(2, 4, 8)).astype(np.float32))
+    base = _cands([], [], [], [[-0.1, -0.5, -0.7, -np.inf], [-0.2, -0.3, -2.0, -3.0]])
+    base = Candidates(base.beam_logp, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    groups = np.array([[[0], [0], [1], [2]], [[0], [1], [1], [2]]])  # row 1: beams 1 and 2 share a vector
+
+    def searched(c):
+        return {(int(r), int(b)) for r, b in zip(c.rows, c.beams)}
+
+    assert searched(neighbor_candidates(base, v_hat, index, 3, groups, search_beams=2)) == {(0, 0), (0, 2), (1, 0), (1, 1)}
+    assert searched(neighbor_candidates(base, v_hat, index, 3, search_beams=1)) == {(0, 0), (1, 0)}
+    everything = neighbor_candidates(base, v_hat, index, 3, groups)
+    np.testing.assert_array_equal(neighbor_candidates(base, v_hat, index, 3, groups, search_beams=4).items, everything.items)
+    # the searched beams find what they would have found without the cut
+    cut = neighbor_candidates(base, v_hat, index, 3, groups, fill=5, search_beams=1)
+    full = neighbor_candidates(base, v_hat, index, 3, groups, fill=5)
+    keep = full.beams == 0
+    np.testing.assert_array_equal(cut.items, full.items[keep])
+    with pytest.raises(ValueError, match="search_beams must be >= 1"):
+        BeamConfig(search_beams=0)
+
+
 def test_own_id_score_lets_the_sparse_side_reorder_catalog_neighbours():
     from channels.cobra.beam import with_own_beams
 

@@ -196,3 +196,57 @@ def test_windows_make_every_position_a_target():
     w = build_windows(frame, max_len=2)
     pairs = {(int(i), int(t)) for row_i, row_t in zip(w.inputs, w.targets) for i, t in zip(row_i, row_t) if t >= 0}
     assert pairs == {(5, 6), (6, 7), (7, 8), (1, 2)}
+
+
+def test_residual_conditioning_starts_unconditioned_and_learns_per_code_offsets():
+    cfg = ModelConfig(**{**DEFAULT.__dict__, "dense_cond": "residual", "dense_levels": 1})
+    torch.manual_seed(0)
+    m = CobraModel(cfg).eval()
+    h = torch.randn(3, 8)
+    codes = torch.tensor([[0, 1], [2, 0], [3, 2]])
+    # zero-initialised: the conditioned vector is the history state's own until training moves it
+    torch.testing.assert_close(m.dense_vector(m.conditioned_state(h, codes)), m.dense_vector(h))
+    with torch.no_grad():
+        m.dense_cond[0].weight[2] = 1.0
+    got = m.conditioned_state(h, codes)
+    torch.testing.assert_close(got[1], h[1] + 1.0)  # level-0 code 2 moves it
+    torch.testing.assert_close(got[[0, 2]], h[[0, 2]])
+    assert len(m.dense_cond) == 1  # only the first level conditions it
+    # the sparse head's conditioning is untouched by the dense head's embeddings
+    torch.testing.assert_close(m.condition(h, 0, codes[:, 0]), h + m.code_cond[0](codes[:, 0]))
+    with pytest.raises(ValueError, match="dense_cond must be one of"):
+        ModelConfig(**{**DEFAULT.__dict__, "dense_cond": "gated"})
+
+
+def test_beams_carry_the_residual_dense_state():
+    from channels.cobra.beam import beam_search
+    from channels.cobra.trie import CodeTrie
+
+    cfg = ModelConfig(**{**DEFAULT.__dict__, "dense_cond": "residual"})
+    torch.manual_seed(0)
+    m = CobraModel(cfg).eval()
+    for emb in m.dense_cond:
+        torch.nn.init.normal_(emb.weight)
+    h = torch.randn(2, 8)
+    beams = beam_search(m, h, CodeTrie.build(CODES.numpy(), (4, 3)), 3)
+    want = m.conditioned_state(h[:, None, :].expand(-1, 3, -1), beams.codes)
+    torch.testing.assert_close(beams.dense_state, want)
+
+
+def test_the_unconditioned_vector_can_share_the_dense_loss():
+    inputs, targets = torch.tensor([[-1, 0, 1], [0, 2, 1]]), torch.tensor([[-1, 1, 2], [2, 1, 0]])
+    cfg = ModelConfig(**{**CFG.__dict__, "dense_cond": "residual", "dense_levels": 1})
+
+    def loss(weight: float):
+        torch.manual_seed(0)
+        fn = BatchLoss(CobraModel(cfg).eval(), CODES, FEATS, None, TrainConfig(id_dropout=0.0, uncond_weight=weight))
+        with torch.no_grad():
+            return fn(inputs, targets)
+
+    plain, both = loss(0.0), loss(0.5)
+    assert "dense_uncond" not in plain
+    # zero-initialised offsets: the unconditioned loss equals the conditioned one at the start
+    assert float(both["dense_uncond"]) == pytest.approx(float(both["dense"]))
+    assert float(both["loss"]) == pytest.approx(float(plain["loss"]) + 0.5 * float(plain["dense"]), abs=1e-6)
+    with pytest.raises(ValueError, match="uncond_weight must be >= 0"):
+        TrainConfig(uncond_weight=-1.0)

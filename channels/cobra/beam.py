@@ -38,10 +38,22 @@ NEG_INF = float("-inf")
 NEIGHBOR_ID_SCORES = ("search", "own")
 
 
+def _run_starts(change: np.ndarray) -> np.ndarray:
+    """True where a run of equal sorted keys starts, from `change` = key[1:] != key[:-1]."""
+    return np.concatenate([np.ones(1, bool), change])
+
+
+def _rank_in_runs(starts: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run (`starts`: bool, True at a run's first element)."""
+    pos = np.arange(starts.size)
+    return pos - np.maximum.accumulate(np.where(starts, pos, 0))
+
+
 @dataclass(frozen=True)
 class BeamConfig:
     beam_size: int = 20
     catalog_neighbors: int = 0  # per beam, nearest items of v_hat in the whole catalog (COBRA only)
+    search_beams: int | None = None  # only the best this many dense vectors per request search the catalog (None: all)
     tau: float = 1.0  # beam-score temperature (multiplies log P(ID) before the softmax over beams)
     psi: float = 20.0  # dense-similarity scale (multiplies the cosine / dot product before the softmax)
     sparse_weight: float = 1.0
@@ -52,6 +64,8 @@ class BeamConfig:
     def __post_init__(self) -> None:
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.search_beams is not None and self.search_beams < 1:
+            raise ValueError(f"search_beams must be >= 1 or None, got {self.search_beams}")
         if self.neighbor_id_score not in NEIGHBOR_ID_SCORES:
             raise ValueError(f"neighbor_id_score must be one of {NEIGHBOR_ID_SCORES}, got {self.neighbor_id_score!r}")
 
@@ -90,6 +104,8 @@ def beam_search(model: CobraModel, h: torch.Tensor, trie: CodeTrie, beam_size: i
         dense_state = state if level + 1 == model.cfg.dense_after else dense_state.gather(1, parent[..., None].expand(-1, -1, d))
         codes = torch.cat([codes.gather(1, parent[..., None].expand(-1, -1, codes.shape[2])), code[..., None]], dim=2)
         logp = top
+    if model.dense_cond is not None:  # the dense head has its own code embeddings
+        dense_state = model.conditioned_state(h[:, None, :], codes)
     return Beams(codes, logp, prefix, state, dense_state)
 
 
@@ -142,13 +158,15 @@ def leaf_candidates(beams: Beams, trie: CodeTrie, max_leaf_items: int | None = N
 
 
 def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index, n: int,
-                        groups: np.ndarray | None = None, fill: int = 0) -> Candidates:
+                        groups: np.ndarray | None = None, fill: int = 0, search_beams: int | None = None) -> Candidates:
     """Add the n nearest catalog items of every live beam's dense vector (one faiss search for
     all beams of the batch). `groups` (B, W, G) marks beams that share one dense vector (the same
     ID prefix when the dense head reads only part of the ID): each group is searched once, for its
     best (first) beam; the other beams of the group would only repeat its neighbours with a lower
     beam score. `fill`: the best beam of each request keeps max(n, fill) neighbours, so that a
-    request can be answered with `fill` items even when the beams' IDs hold few."""
+    request can be answered with `fill` items even when the beams' IDs hold few. `search_beams`:
+    only the best this many (distinct) dense vectors of each request search; the other beams bring
+    the items of their ID alone (the search is most of a request's cost)."""
     b, w, dim = v_hat.shape
     live = np.flatnonzero(np.isfinite(cands.beam_logp.reshape(-1)))
     n_search = min(max(n, fill), index.ntotal)
@@ -158,21 +176,25 @@ def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index
         key = np.c_[live // w, groups.reshape(b * w, -1)[live]]
         _, first = np.unique(key, axis=0, return_index=True)
         live = live[np.sort(first)]
+    if search_beams is not None:
+        row = live // w
+        live = live[_rank_in_runs(_run_starts(row[1:] != row[:-1])) < search_beams]
     _, nb = index.search(np.ascontiguousarray(v_hat.reshape(-1, dim)[live], np.float32), n_search)  # (live, n_search)
-    best = np.r_[True, live[1:] // w != live[:-1] // w]  # the first (best) searched beam of each request
+    best = _run_starts(live[1:] // w != live[:-1] // w)  # the first (best) searched beam of each request
     keep = (np.arange(n_search)[None, :] < n) | best[:, None]  # (live, n_search)
     slot = np.broadcast_to(live[:, None], nb.shape)[keep]
     items = nb[keep].astype(np.int64)
     ok = items >= 0
-    return Candidates(cands.beam_logp, np.r_[cands.rows, slot[ok] // w], np.r_[cands.beams, slot[ok] % w],
-                      np.r_[cands.items, items[ok]], cands.sim)
+    slot = slot[ok]
+    return Candidates(cands.beam_logp, np.concatenate([cands.rows, slot // w]), np.concatenate([cands.beams, slot % w]),
+                      np.concatenate([cands.items, items[ok]]), cands.sim)
 
 
 def with_similarity(cands: Candidates, v_hat: np.ndarray, item_vecs: np.ndarray) -> Candidates:
     """Attach the similarity v_hat . v_item of each candidate's beam (the cosine when both are normalised)."""
-    vh = device.tensor(np.ascontiguousarray(v_hat))[device.tensor(cands.rows), device.tensor(cands.beams)]  # (T, D)
-    iv = device.tensor(item_vecs)[device.tensor(cands.items)]  # (T, D)
-    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, device.numpy((vh * iv).sum(-1)), cands.own_beams)
+    vh = v_hat[cands.rows, cands.beams]  # (T, D)
+    sim = np.einsum("td,td->t", vh, item_vecs[cands.items]).astype(np.float32, copy=False)  # (T,)
+    return Candidates(cands.beam_logp, cands.rows, cands.beams, cands.items, sim, cands.own_beams)
 
 
 def drop_seen(cands: Candidates, history: np.ndarray, seen: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
@@ -225,12 +247,11 @@ def top_unique(cands: Candidates, scores: np.ndarray, k: int) -> Retrieved:
         return Retrieved(out_items, out_scores)
     order = np.lexsort((-sc, its, rows))  # by row, item, best score first
     rows, its, sc = rows[order], its[order], sc[order]
-    first = np.r_[True, (rows[1:] != rows[:-1]) | (its[1:] != its[:-1])]
+    first = _run_starts((rows[1:] != rows[:-1]) | (its[1:] != its[:-1]))
     rows, its, sc = rows[first], its[first], sc[first]
     order = np.lexsort((its, -sc, rows))  # by row, best score, lower item id
     rows, its, sc = rows[order], its[order], sc[order]
-    starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
-    rank = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    rank = _rank_in_runs(_run_starts(rows[1:] != rows[:-1]))
     take = rank < k
     out_items[rows[take], rank[take]] = its[take]
     out_scores[rows[take], rank[take]] = sc[take]

@@ -63,12 +63,13 @@ class CobraChannel:
         dropout: float = 0.2, dense_dim: int = 64, max_tokens: int = 32, price_buckets: int = 10,
         id_embedding: bool = False, dense_levels: int | None = None, dense_head: str = "identity",
         item_head: str = "linear", embed_std: float | None = None, similarity: str = "dot", tied_input: bool = False,
+        dense_cond: str = "shared", uncond_weight: float = 0.0,
         lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 128, max_epochs: int = 40, patience: int = 4,
         epochs: int = 15, dense_loss_weight: float = 1.0, sparse_loss_weight: float = 1.0, temperature: float = 1.0,
         negatives: str = "full", n_negatives: int = 2048,
         logq: bool = True, id_dropout: float = 0.1, max_train_seconds: float | None = None, valid_users: int | None = 5000,
         clip_norm: float | None = None, dense_condition: str = "sampled", teacher_prob: float = 0.5, refit: bool = False,
-        beam_size: int = 20, catalog_neighbors: int = 0, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
+        beam_size: int = 20, catalog_neighbors: int = 0, search_beams: int | None = None, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
         fusion_sparse_weight: float = 1.0, fusion_dense_weight: float = 1.0, max_leaf_items: int | None = None,
         neighbor_id_score: str = "search",
         index: str = "flat", hnsw_m: int = 32, ef_search: int = 128,
@@ -90,7 +91,7 @@ class CobraChannel:
         self.dropout, self.dense_dim, self.max_tokens, self.price_buckets = dropout, dense_dim, max_tokens, price_buckets
         self.id_embedding, self.dense_levels = id_embedding, dense_levels
         self.dense_head, self.item_head, self.embed_std, self.similarity = dense_head, item_head, embed_std, similarity
-        self.tied_input = tied_input
+        self.tied_input, self.dense_cond, self.uncond_weight = tied_input, dense_cond, uncond_weight
         self.sparse_loss_weight = sparse_loss_weight
         self.lr, self.weight_decay, self.batch_size, self.max_epochs = lr, weight_decay, batch_size, max_epochs
         self.patience, self.epochs, self.dense_loss_weight, self.temperature = patience, epochs, dense_loss_weight, temperature
@@ -100,7 +101,7 @@ class CobraChannel:
         self.n_negatives = n_negatives
         self.beam_size, self.catalog_neighbors, self.fusion_tau, self.fusion_psi = beam_size, catalog_neighbors, fusion_tau, fusion_psi
         self.fusion_sparse_weight, self.fusion_dense_weight, self.max_leaf_items = fusion_sparse_weight, fusion_dense_weight, max_leaf_items
-        self.neighbor_id_score = neighbor_id_score
+        self.neighbor_id_score, self.search_beams = neighbor_id_score, search_beams
         self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
         self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
@@ -132,13 +133,13 @@ class CobraChannel:
                            progress=self.progress, max_seconds=self.max_train_seconds, clip_norm=self.clip_norm,
                            similarity=self.similarity, sparse_weight=self.sparse_loss_weight,
                            dense_condition=self.dense_condition, teacher_prob=self.teacher_prob,
-                           n_negatives=self.n_negatives)
+                           n_negatives=self.n_negatives, uncond_weight=self.uncond_weight)
 
     def beam_config(self, beam_size: int | None = None) -> BeamConfig:
         return BeamConfig(beam_size=beam_size or self.beam_size, catalog_neighbors=self.catalog_neighbors,
                           tau=self.fusion_tau, psi=self.fusion_psi, sparse_weight=self.fusion_sparse_weight,
                           dense_weight=self.fusion_dense_weight, max_leaf_items=self.max_leaf_items,
-                          neighbor_id_score=self.neighbor_id_score)
+                          neighbor_id_score=self.neighbor_id_score, search_beams=self.search_beams)
 
     def index_config(self) -> IndexConfig:
         return IndexConfig(kind=self.index, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
@@ -173,7 +174,8 @@ class CobraChannel:
             content_dim=content_dim, n_price=len(self.price_edges_) + 2, n_items=data.n_items if self.id_embedding else 0,
             d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_ff=self.d_ff, max_len=self.max_len,
             dropout=self.dropout, dense=self.dense, dense_dim=self.dense_dim, dense_levels=self.dense_levels,
-            dense_head=self.dense_head, item_head=self.item_head, embed_std=self.embed_std, tied_input=self.tied_input)
+            dense_head=self.dense_head, item_head=self.item_head, embed_std=self.embed_std, tied_input=self.tied_input,
+            dense_cond=self.dense_cond)
         torch.manual_seed(seed)
         self.model_ = CobraModel(self.model_cfg_)
         self._refresh()
@@ -249,7 +251,8 @@ class CobraChannel:
         idx = device.tensor(np.where(real, hist, 0))
         codes = device.tensor(self.codes_)[idx]  # (B, T, L)
         dense = device.tensor(self.item_raw_)[idx] if self.dense else None  # (B, T, D)
-        self.model_.eval()
+        if self.model_.training:  # eval() walks every module: a cost per request worth skipping
+            self.model_.eval()
         return self.model_.encode(codes, dense, real_t)[:, -1]  # (B, d)
 
     @device.on_device
@@ -279,7 +282,7 @@ class CobraChannel:
                 groups = device.numpy(beams.codes[..., : self.model_cfg_.dense_after])  # beams sharing v_hat
                 n_seen = int(np.bincount(seen[0]).max()) if seen is not None and len(seen[0]) else history.shape[1]
                 cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups,
-                                            fill=k + n_seen if k > 0 else 0)
+                                            fill=k + n_seen if k > 0 else 0, search_beams=cfg.search_beams)
                 cands = with_own_beams(cands, device.numpy(beams.leaf), self.trie_.item_leaf)
             cands = with_similarity(cands, v_hat, self.item_vecs_)
         return drop_seen(cands, history, seen)

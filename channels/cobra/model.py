@@ -29,6 +29,10 @@ from channels.sequence import CausalEncoder, SequenceConfig
 
 
 HEADS = ("identity", "linear", "mlp")
+# 'shared': the dense head reads the sparse head's state after the ID (h + sum_l Cond_l[c_l]);
+# 'residual': its own code embeddings, initialised at zero (h + sum_l DenseCond_l[c_l]), so the
+# conditioned vector starts as the unconditioned one and moves only where the ID helps the dense loss
+DENSE_CONDS = ("shared", "residual")
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,15 @@ class ModelConfig:
     item_head: str = "linear"  # item-encoder output layer: 'linear' or 'mlp' (LayerNorm + 2 layers)
     embed_std: float | None = None  # init std of the token/code/id embeddings (None: d_model ** -0.5)
     tied_input: bool = False  # history items enter with their item vector as is (needs dense_dim == d_model)
+    dense_cond: str = "shared"  # how the ID enters the dense state: see DENSE_CONDS
 
     def __post_init__(self) -> None:
         if self.dense_head not in HEADS:
             raise ValueError(f"dense_head must be one of {HEADS}, got {self.dense_head!r}")
         if self.item_head not in HEADS[1:]:
             raise ValueError(f"item_head must be one of {HEADS[1:]}, got {self.item_head!r}")
+        if self.dense_cond not in DENSE_CONDS:
+            raise ValueError(f"dense_cond must be one of {DENSE_CONDS}, got {self.dense_cond!r}")
         if self.dense and self.tied_input and self.dense_dim != self.d_model:
             raise ValueError(f"tied_input needs dense_dim == d_model, got {self.dense_dim} and {self.d_model}")
         if self.dense and self.dense_head == "identity" and self.dense_dim != self.d_model:
@@ -115,7 +122,11 @@ class CobraModel(nn.Module):
         self.item_encoder = ItemEncoder(cfg) if cfg.dense else None
         self.code_heads = nn.ModuleList(_mlp(d, d, k) for k in cfg.code_sizes)
         self.dense_head = _head(cfg.dense_head, d, cfg.dense_dim) if cfg.dense else None
+        residual = cfg.dense and cfg.dense_cond == "residual"
+        self.dense_cond = nn.ModuleList(nn.Embedding(k, d) for k in cfg.code_sizes[: cfg.dense_after]) if residual else None
         self.apply(self._init)
+        for emb in self.dense_cond or ():
+            nn.init.zeros_(emb.weight)
         # token, code and id embeddings are then redrawn at embed_std (the first design kept 0.02)
         embed_std = d ** -0.5 if cfg.embed_std is None else cfg.embed_std
         if embed_std != 0.02:
@@ -161,10 +172,14 @@ class CobraModel(nn.Module):
 
     def conditioned_state(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The state the dense head reads: h plus the conditioning of the first `cfg.dense_after`
-        levels of `codes` (h (..., d), codes int64 (..., L))."""
+        levels of `codes` (h (..., d), codes int64 (..., L)), through the sparse head's code
+        embeddings ('shared') or the dense head's own ('residual')."""
         state = h
         for level in range(self.cfg.dense_after):
-            state = self.condition(state, level, codes[..., level])
+            if self.dense_cond is None:
+                state = self.condition(state, level, codes[..., level])
+            else:
+                state = state + self.dense_cond[level](codes[..., level])
         return state
 
     @torch.no_grad()

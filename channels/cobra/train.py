@@ -61,6 +61,7 @@ class TrainConfig:
     n_negatives: int = 2048  # 'sampled': items drawn per batch
     dense_condition: str = "teacher"  # the ID the dense head is conditioned on: see the module docstring
     teacher_prob: float = 0.5  # 'mixed': probability of the true ID
+    uncond_weight: float = 0.0  # > 0: the unconditioned vector (the history state alone) gets the dense loss too
 
     def __post_init__(self) -> None:
         if self.negatives not in NEGATIVES:
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.dense_condition not in CONDITIONS:
             raise ValueError(f"dense_condition must be one of {CONDITIONS}, got {self.dense_condition!r}")
+        if self.uncond_weight < 0:
+            raise ValueError(f"uncond_weight must be >= 0, got {self.uncond_weight}")
         if not 0.0 <= self.teacher_prob <= 1.0:
             raise ValueError(f"teacher_prob must be in [0, 1], got {self.teacher_prob}")
         if self.clip_norm is not None and self.clip_norm <= 0:
@@ -111,9 +114,13 @@ class BatchLoss:
         sparse = torch.stack([F.cross_entropy(lg, tcodes[:, i]) for i, lg in enumerate(logits)]).mean()
         out = {"sparse": sparse, "loss": cfg.sparse_weight * sparse}
         if v_hat is not None:
-            dense = self._dense_loss(v_hat, tgt, vecs, uniq, gen)
+            queries = [v_hat] + ([model.dense_vector(h)] if cfg.uncond_weight > 0 else [])
+            dense, *uncond = self._dense_loss(queries, tgt, vecs, uniq, gen)
             out["dense"] = dense
             out["loss"] = out["loss"] + cfg.dense_weight * dense
+            if uncond:
+                out["dense_uncond"] = uncond[0]
+                out["loss"] = out["loss"] + cfg.uncond_weight * uncond[0]
         return out
 
     def _dense_codes(self, h: torch.Tensor, tcodes: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor | None:
@@ -127,7 +134,9 @@ class BatchLoss:
         keep = torch.rand(tcodes.shape[0], generator=gen) < self.cfg.teacher_prob  # (P,)
         return torch.where(keep[:, None], tcodes, drawn)
 
-    def _dense_loss(self, v_hat, tgt, vecs, uniq, gen) -> torch.Tensor:
+    def _dense_loss(self, queries: list[torch.Tensor], tgt, vecs, uniq, gen) -> list[torch.Tensor]:
+        """The contrastive loss of each predicted-vector tensor in `queries` (each (P, Dd)), over
+        one shared candidate set."""
         cfg = self.cfg
         if cfg.negatives == "full":
             cand = torch.arange(self.codes.shape[0])
@@ -146,14 +155,20 @@ class BatchLoss:
             cand_vecs = vecs[torch.searchsorted(uniq, cand)]  # (C, Dd)
         labels = torch.searchsorted(cand, tgt)  # (P,)
         if cfg.similarity == "cosine":
-            v_hat, cand_vecs = F.normalize(v_hat, dim=-1), F.normalize(cand_vecs, dim=-1)
-        logits = v_hat @ cand_vecs.T / cfg.temperature  # (P, C)
+            cand_vecs = F.normalize(cand_vecs, dim=-1)
+        shift = None
         if cfg.negatives == "in_batch" and cfg.logq and self.log_q is not None:
-            logits = logits - self.log_q[cand][None, :]
+            shift = self.log_q[cand][None, :]
         elif cfg.negatives == "sampled":
             log_q = self.sampler.log_q(device.numpy(cand), len(tgt), cfg.n_negatives)  # log P(in the candidate set)
-            logits = logits - device.tensor(log_q).float()[None, :]
-        return F.cross_entropy(logits, labels)
+            shift = device.tensor(log_q).float()[None, :]
+        losses = []
+        for v_hat in queries:
+            if cfg.similarity == "cosine":
+                v_hat = F.normalize(v_hat, dim=-1)
+            logits = v_hat @ cand_vecs.T / cfg.temperature  # (P, C)
+            losses.append(F.cross_entropy(logits if shift is None else logits - shift, labels))
+        return losses
 
 
 def fit_model(model: CobraModel, codes: torch.Tensor, features: dict[str, torch.Tensor], windows: Windows,
