@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-import pandas as pd
 
 from bench.summary import RESULTS, record
 from pipeline.batch import recommend

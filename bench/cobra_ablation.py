@@ -7,6 +7,7 @@ the test split is never scored here.
     python -m bench.cobra_ablation                 # train every variant (about 8-10 min each on 2 cores)
     python -m bench.cobra_ablation --only sampled  # one variant
     python -m bench.cobra_ablation --collect       # only the table, from the JSON files of earlier runs
+    python -m bench.cobra_ablation --retune residual_l1_history   # a finished variant's model, other inference
     python -m bench.cobra_ablation --test uncond --key cobra_unconditioned   # one variant's saved channel,
                                                    # scored once on test, recorded as amazon-beauty-robust:KEY
 
@@ -58,6 +59,16 @@ VARIANTS = {
                      "as uncond, dropout 0.4"),
 }
 
+# Inference-only variants: a finished variant's saved channel with other inference settings, the
+# BeamFusion weights re-tuned on validation (no training).
+RETUNED = {
+    "residual_l1_history": ("residual_l1", ["catalog_query=history"],
+                            "residual_l1's model; the catalog searched once per request by the ID-free vector, the "
+                            "items inside each beam's ID ranked by that beam's level-1 conditioned vector"),
+    "sampled_tied_history": ("sampled_tied", ["catalog_query=history"],
+                             "sampled_tied's model, the catalog searched once per request by the ID-free vector"),
+}
+
 # Runs stopped before early stopping ended (machine time), what they had reached: 5,000-user
 # validation sample of the training loop, so not comparable to the table's all-user figures except
 # with the 'sample' column of the finished runs.
@@ -69,8 +80,53 @@ STOPPED = {
 }
 
 
+def trained(name: str) -> str:
+    """The variant whose training produced `name`'s model."""
+    return RETUNED[name][0] if name in RETUNED else name
+
+
 def result_file(name: str):
-    return RESULTS / f"cobra_{VARIANTS[name][0]}_b_{name}_beauty.json"
+    return RESULTS / f"cobra_{VARIANTS[trained(name)][0]}_b_{name}_beauty.json"
+
+
+def run_dir(name: str):
+    base = trained(name)
+    return cobra_beauty.ROOT / "runs" / f"cobra_{VARIANTS[base][0]}_b_{base}-beauty"
+
+
+def _split():
+    from pipeline.data import leave_one_out, load_dataset, shuffle_ties
+
+    ds = shuffle_ties(load_dataset("amazon", cobra_beauty.DATA / cobra_beauty.DATASETS["amazon-beauty"]), SEED)
+    return leave_one_out(ds.interactions)
+
+
+def retune(name: str) -> None:
+    """An inference-only variant: the base variant's saved channel, its settings, the fusion
+    grid re-tuned on all validation users."""
+    import yaml
+
+    from channels.cobra.channel import CobraChannel
+    from pipeline.evaluation.harness import build_eval_set
+
+    base, sets, _ = RETUNED[name]
+    channel = CobraChannel.load(run_dir(name))
+    settings = {}
+    for item in sets:
+        key, _, value = item.partition("=")
+        settings[key] = yaml.safe_load(value)
+        setattr(channel, key, settings[key])
+    log: list = []
+    tuned = cobra_beauty.tune(channel, cobra_beauty.INFERENCE_GRID["cobra"], build_eval_set(_split(), "valid", 50), log)
+    base_res = json.loads(result_file(base).read_text())
+    result = {"mode": channel.mode, "command": f"python -m bench.cobra_ablation --retune {name}", "base": base,
+              "settings": settings, "params": channel._params(), "fit_seconds": base_res["fit_seconds"],
+              "fit_report": base_res["fit_report"], "tuning": log, "chosen": tuned["params"] | settings,
+              "valid": {k: round(v, 4) for k, v in tuned["metrics"].items()}, "test": None,
+              "protocol": f"B (ties shuffled, seed {SEED})"}
+    result_file(name).write_text(json.dumps(result, indent=1, default=float))
+
+
 
 
 def run(name: str) -> None:
@@ -85,7 +141,7 @@ def collect() -> tuple[str, dict]:
     rows = ["| variant | what | valid R@10 | valid N@10 | valid R@50 | sample R@10 / N@10 (best epoch) | fit s | "
             "chosen inference |", "|---|---|---|---|---|---|---|---|"]
     data = {}
-    for name, (_, _, what) in VARIANTS.items():
+    for name, what in [(n, v[2]) for n, v in VARIANTS.items()] + [(n, v[2]) for n, v in RETUNED.items()]:
         path = result_file(name)
         if not path.exists():
             rows.append(f"| {name} | {what} | {STOPPED.get(name, 'not run')} | | | | | |")
@@ -110,15 +166,13 @@ def score_test(name: str, key: str) -> int:
     """The saved channel of a finished variant, with the inference settings it chose on
     validation, scored on the test split (all users) once."""
     from channels.cobra.channel import CobraChannel
-    from pipeline.data import leave_one_out, load_dataset, shuffle_ties
     from pipeline.evaluation.harness import build_eval_set
 
     res = json.loads(result_file(name).read_text())
-    channel = CobraChannel.load(cobra_beauty.ROOT / "runs" / f"cobra_{VARIANTS[name][0]}_b_{name}-beauty")
+    channel = CobraChannel.load(run_dir(name))
     for k, v in res["chosen"].items():
         setattr(channel, k, v)
-    ds = shuffle_ties(load_dataset("amazon", cobra_beauty.DATA / cobra_beauty.DATASETS["amazon-beauty"]), SEED)
-    test_set = build_eval_set(leave_one_out(ds.interactions), "test", 50)
+    test_set = build_eval_set(_split(), "test", 50)
     test = cobra_beauty.evaluate(channel, test_set)
     command = f"python -m bench.cobra_ablation --test {name} --key {key}"
     print(f"{name} test: " + " ".join(f"{k} {test[k]:.4f}" for k in ("R@5", "N@5", "R@10", "N@10", "R@50")))
@@ -132,12 +186,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append", choices=sorted(VARIANTS), help="run only these variants")
     ap.add_argument("--collect", action="store_true", help="do not train: the table from earlier runs")
-    ap.add_argument("--test", choices=sorted(VARIANTS), help="score this variant's saved channel on test once")
+    ap.add_argument("--retune", action="append", choices=sorted(RETUNED),
+                    help="an inference-only variant of a finished variant's saved channel (no training)")
+    ap.add_argument("--test", choices=sorted(VARIANTS | RETUNED), help="score this variant's saved channel on test once")
     ap.add_argument("--key", help="with --test: the summary key under amazon-beauty-robust")
     args = ap.parse_args(argv)
     if args.test:
         return score_test(args.test, args.key or f"cobra_{args.test}")
-    if not args.collect:
+    if args.retune:
+        for name in args.retune:
+            retune(name)
+    elif not args.collect:
         for name in args.only or list(VARIANTS):
             run(name)
     text, data = collect()

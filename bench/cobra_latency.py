@@ -2,7 +2,8 @@
 
     nice -n 5 python -m bench.cobra_latency [--run runs/cobra_cobra-beauty] [--requests 300]
     python -m bench.cobra_latency --run runs/cobra_cobra_b_sampled-beauty --shuffle-ties 1 --quality
-    python -m bench.cobra_latency --run RUN --shuffle-ties 1 --quality --set search_beams=2 --search-beams 0,1,4
+    python -m bench.cobra_latency --run RUN --shuffle-ties 1 --quality --set catalog_query=history \
+        --compare catalog_query=beams --compare catalog_query=beams,search_beams=2
 
 Loads a channel saved by bench/cobra_beauty.py and answers single requests (batch size 1, k=10)
 of a seeded sample of Amazon Beauty test users, at beam sizes 10, 20 and 50, after a warm-up;
@@ -64,8 +65,9 @@ def main(argv=None) -> int:
                     help="also validation R@10 / N@10 (all validation users) at every beam size")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an inference setting of the loaded channel (e.g. search_beams=2); recorded")
-    ap.add_argument("--search-beams", default="",
-                    help="comma-separated search_beams values also measured at beam 20 (0: all beams); table only")
+    ap.add_argument("--compare", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                    help="other inference settings also measured at beam 20 (e.g. catalog_query=beams,search_beams=2); "
+                         "table and JSON only, not recorded in the summary")
     args = ap.parse_args(argv)
     command = "nice -n 5 python -m bench.cobra_latency " + " ".join(argv if argv is not None else sys.argv[1:])
     torch.set_num_threads(args.threads)
@@ -81,37 +83,40 @@ def main(argv=None) -> int:
     split = leave_one_out(ds.interactions)
     evalset = build_eval_set(split, "test", 50, max_users=args.requests, seed=0)
     valid = build_eval_set(split, "valid", 50) if args.quality else None
-    def one_row(beam: int) -> dict:
-        res = measure(channel, evalset.batch, beam)
+    def one_row(beam: int, setting: str = "") -> dict:
+        res = measure(channel, evalset.batch, beam) | {"catalog_query": channel.catalog_query, "setting": setting}
         if valid is not None:
             topk = np.concatenate([channel.retrieve(valid.batch.take(slice(lo, lo + 1024)), 10, beam_size=beam).items
                                    for lo in range(0, len(valid), 1024)])
             q = M.summarize(M.target_ranks(topk, valid.targets), (10,))
             res |= {"valid_R@10": q["R@10"], "valid_N@10": q["N@10"]}
-        print(f"beam {beam}, search_beams {channel.search_beams}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+        print(f"beam {beam} {setting}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
               f"batched {res['batched_ms_per_request']:.2f} ms/request", flush=True)
         return res
 
     rows = [one_row(beam) for beam in BEAMS]
-    shipped = channel.search_beams
     extra = []
-    for value in (int(v) for v in args.search_beams.split(",") if v.strip()):
-        channel.search_beams = value or None
-        if channel.search_beams != shipped:
-            extra.append(one_row(20))
-    channel.search_beams = shipped
+    for compare in args.compare:
+        pairs = [item.partition("=")[::2] for item in compare.split(",")]
+        before = {key: getattr(channel, key) for key, _ in pairs}
+        for key, value in pairs:
+            setattr(channel, key, yaml.safe_load(value))
+        extra.append(one_row(20, compare))
+        for key, value in before.items():
+            setattr(channel, key, value)
     meta = {"command": command, "run": args.run, "mode": channel.mode, "catalog_neighbors": channel.catalog_neighbors,
             "dense_levels": channel.dense_levels, "dense_condition": channel.dense_condition,
-            "search_beams": shipped, "settings": args.set, "search_beams_rows": extra,
+            "search_beams": channel.search_beams, "catalog_query": channel.catalog_query, "settings": args.set,
+            "compared": extra,
             "torch_threads": args.threads, "k": 10, "machine": "2-core CPU shared with other jobs (see load)",
             "load_average": os.getloadavg(), "results": rows}
     (RESULTS / "cobra_latency.json").write_text(json.dumps(meta, indent=1))
     lines = [f"COBRA ({channel.mode}) beam-search latency per request, in process, k=10, "
              f"catalog_neighbors={channel.catalog_neighbors}, {args.threads} torch thread(s); load average "
              f"{meta['load_average'][0]:.1f} on 2 cores.", "",
-             "| beam | search_beams | p50 ms | p90 ms | p99 ms | mean ms | batched ms/request | valid R@10 | valid N@10 |",
+             "| beam | settings | p50 ms | p90 ms | p99 ms | mean ms | batched ms/request | valid R@10 | valid N@10 |",
              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['beam_size']} | {r['search_beams'] or 'all'} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
+    lines += [f"| {r['beam_size']} | {r['setting'] or 'shipped (' + ', '.join(args.set or ['as saved']) + ')'} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['mean_ms']:.1f} | "
               f"{r['batched_ms_per_request']:.2f} | {r.get('valid_R@10', float('nan')):.4f} | "
               f"{r.get('valid_N@10', float('nan')):.4f} |" for r in rows + extra]
     lines += ["", f"`{command}`"]

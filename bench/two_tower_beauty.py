@@ -53,7 +53,7 @@ def markdown(res: dict) -> str:
     lines += ["", f"Training: {fit['train_seconds']:.0f} s wall ({fit['train_cpu_seconds']:.0f} s CPU) "
               f"for {fit['epochs_run']} epochs (best epoch {fit['best_epoch']}, {fit['seconds_per_epoch']:.0f} s/epoch incl. validation), "
               f"{res['threads']} threads, on {res['machine']}.",
-              f"Validation figures are those of the early-stopping target (selection-biased upward).", "",
+              "Validation figures are those of the early-stopping target (selection-biased upward).", "",
               f"Command: `{res['command']}`", ""]
     return "\n".join(lines)
 

@@ -102,6 +102,35 @@ def test_catalog_neighbours_are_scored_by_their_own_id(world, fitted):
         ch.catalog_neighbors, ch.neighbor_id_score = saved
 
 
+def test_history_catalog_query_adds_the_nearest_items_of_the_id_free_vector(world, fitted):
+    _, _, _, evalset = world
+    ch = fitted["cobra"]
+    hist = evalset.batch.history[:32]
+    saved = ch.catalog_neighbors, ch.neighbor_id_score, ch.catalog_query
+    try:
+        ch.catalog_neighbors, ch.neighbor_id_score = 0, "own"
+        leaf = ch.candidates(hist)  # the items inside the beams' IDs alone
+        ch.catalog_neighbors, ch.catalog_query = 6, "history"
+        cands = ch.candidates(hist)
+        out = ch.retrieve(evalset.batch.take(slice(0, 32)), 10)
+        with torch.no_grad():
+            v_hist = ch.model_.dense_vector(ch.history_states(hist)).numpy()
+    finally:
+        ch.catalog_neighbors, ch.neighbor_id_score, ch.catalog_query = saved
+    assert (out.items != PAD).all()
+    scores = np.where(ch.active_[None, :], v_hist @ ch.item_vecs_.T, -np.inf)  # (B, n_items)
+    expected = list(zip(leaf.rows.tolist(), leaf.items.tolist(), leaf.sim.tolist()))
+    for r in range(len(hist)):  # plus, per request, the 6 nearest unseen items of its one ID-free vector
+        near = np.argsort(-scores[r], kind="stable")[:6]
+        expected += [(r, int(i), float(scores[r, i])) for i in near if i not in set(hist[r].tolist())]
+    got = sorted(zip(cands.rows.tolist(), cands.items.tolist(), cands.sim.tolist()))
+    expected = sorted(expected)
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    np.testing.assert_allclose([g[2] for g in got], [e[2] for e in expected], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="catalog_query must be one of"):
+        CobraChannel(mode="cobra", catalog_query="everything")
+
+
 def test_tiger_ids_are_unique_and_report_collisions_before(fitted):
     ch = fitted["tiger"]
     codes = ch.codes_[ch.active_]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from channels.cobra.model import CobraModel, ModelConfig
-from channels.cobra.train import BatchLoss, TrainConfig, build_windows
+from channels.cobra.train import BatchLoss, TrainConfig
+from channels.sequence import build_windows
 
 # the first design (MLP heads, 0.02 embeddings): pinned so its golden values stay checked
 CFG = ModelConfig(code_sizes=(4, 3), n_tokens=6, content_dim=3, n_price=3, n_items=5, d_model=8, n_layers=1,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 
 from pipeline.serving.eventlog import EventLog, read_events
 

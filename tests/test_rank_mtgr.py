@@ -1,6 +1,5 @@
 """MTGR: golden values, one pass == per-candidate reference, the dynamic mask, the ablation
 switches, and the ranker's fit / score / save / load round trip."""
-import numpy as np
 import pytest
 import torch
 

@@ -11,7 +11,8 @@ from channels.two_tower.channel import TwoTowerChannel, item_inputs
 from channels.two_tower.features import ItemFeatureEncoder, hash_token
 from channels.two_tower.index import IndexConfig, ItemIndex
 from channels.two_tower.model import ItemInputs, ItemTowerConfig, TwoTowerModel, UserTowerConfig, gap_buckets
-from channels.two_tower.train import NegativeSampler, build_requests, build_windows, evaluate
+from channels.sequence import NegativeSampler, build_windows
+from channels.two_tower.train import build_requests
 from pipeline.config import ChannelConfig
 from pipeline.data import leave_one_out, synthesize
 from pipeline.evaluation import metrics as M

@@ -17,6 +17,11 @@ item has. `fuse` then scores the candidate items of every beam:
   weakest live beam, an upper bound for an ID outside the beam). The two differ when the dense
   vector does not depend on the ID (dense_levels 0): there every neighbour would inherit the best
   beam's score and the sparse side could not reorder them.
+  With `catalog_query: history` the catalog is searched once per request, by the dense vector of
+  the history alone (the head applied before any ID level), while the items inside each beam's ID
+  keep the similarity with that beam's conditioned vector: the ID-conditioned vector ranks within
+  the generated IDs, the ID-free one brings the catalog neighbours (log P(ID) of the best beam, or
+  of their own ID's beam under `own`).
 Candidates are kept flat (request, beam, item) so that the cost follows the number of real
 candidates, not the largest ID. An item reached by several beams keeps its best score; seen items
 are removed; top k per request.
@@ -36,6 +41,7 @@ from pipeline.types import PAD, Retrieved, seen_mask
 
 NEG_INF = float("-inf")
 NEIGHBOR_ID_SCORES = ("search", "own")
+CATALOG_QUERIES = ("beams", "history")
 
 
 def _run_starts(change: np.ndarray) -> np.ndarray:
@@ -60,6 +66,7 @@ class BeamConfig:
     dense_weight: float = 1.0
     max_leaf_items: int | None = None  # cap on the items read from one ID (None: all)
     neighbor_id_score: str = "search"  # log P(ID) of a catalog neighbour: its finding beam's, or its own ID's
+    catalog_query: str = "beams"  # what searches the catalog: every beam's dense vector, or the history's (one per request)
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -68,6 +75,8 @@ class BeamConfig:
             raise ValueError(f"search_beams must be >= 1 or None, got {self.search_beams}")
         if self.neighbor_id_score not in NEIGHBOR_ID_SCORES:
             raise ValueError(f"neighbor_id_score must be one of {NEIGHBOR_ID_SCORES}, got {self.neighbor_id_score!r}")
+        if self.catalog_query not in CATALOG_QUERIES:
+            raise ValueError(f"catalog_query must be one of {CATALOG_QUERIES}, got {self.catalog_query!r}")
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,24 @@ def neighbor_candidates(cands: Candidates, v_hat: np.ndarray, index: faiss.Index
     slot = slot[ok]
     return Candidates(cands.beam_logp, np.concatenate([cands.rows, slot // w]), np.concatenate([cands.beams, slot % w]),
                       np.concatenate([cands.items, items[ok]]), cands.sim)
+
+
+def history_neighbor_candidates(cands: Candidates, v_hist: np.ndarray, index: faiss.Index, item_vecs: np.ndarray,
+                                n: int, fill: int = 0) -> Candidates:
+    """Add the max(n, fill) nearest catalog items of each request's unconditioned dense vector
+    v_hist (B, D): one search per request whatever the beam size. They are attached to the best
+    beam (as `search` scoring would) and carry their similarity with v_hist, so `with_similarity`
+    must run on the beams' own candidates before this."""
+    n_search = min(max(n, fill), index.ntotal)
+    if n_search <= 0 or cands.n_rows == 0:
+        return cands
+    _, nb = index.search(np.ascontiguousarray(v_hist, np.float32), n_search)  # (B, n_search)
+    ok = nb >= 0
+    rows = np.broadcast_to(np.arange(cands.n_rows)[:, None], nb.shape)[ok]
+    items = nb[ok].astype(np.int64)
+    sim = np.einsum("td,td->t", v_hist[rows], item_vecs[items]).astype(np.float32, copy=False)
+    return Candidates(cands.beam_logp, np.concatenate([cands.rows, rows]), np.concatenate([cands.beams, np.zeros_like(rows)]),
+                      np.concatenate([cands.items, items]), np.concatenate([cands.sim, sim]))
 
 
 def with_similarity(cands: Candidates, v_hat: np.ndarray, item_vecs: np.ndarray) -> Candidates:

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from channels.cobra.beam import (
-    NEIGHBOR_ID_SCORES, BeamConfig, Candidates, beam_search, drop_seen, fusion_scores, leaf_candidates,
-    neighbor_candidates, sparse_scores, top_unique, with_own_beams, with_similarity,
+    CATALOG_QUERIES, NEIGHBOR_ID_SCORES, BeamConfig, Candidates, beam_search, drop_seen, fusion_scores,
+    history_neighbor_candidates, leaf_candidates, neighbor_candidates, sparse_scores, top_unique, with_own_beams,
+    with_similarity,
 )
 from channels.cobra.catalog import IndexConfig, build_index, encode_items, leaf_log_prior, normalize
 from channels.cobra.encoder import ContentEncoder, EncoderConfig
@@ -39,8 +40,9 @@ from channels.cobra.requests import valid_callback
 from channels.cobra.semantic_ids import (
     IdConfig, code_report, make_quantizer, next_free_tokens, with_disambiguation,
 )
-from channels.cobra.train import TrainConfig, build_windows, fit_model
+from channels.cobra.train import TrainConfig, fit_model
 from channels.cobra.trie import CodeTrie
+from channels.sequence import build_windows
 from pipeline import device
 from pipeline.protocols import FitData
 from pipeline.types import PAD, RequestBatch, Retrieved
@@ -71,7 +73,7 @@ class CobraChannel:
         clip_norm: float | None = None, dense_condition: str = "sampled", teacher_prob: float = 0.5, refit: bool = False,
         beam_size: int = 20, catalog_neighbors: int = 0, search_beams: int | None = None, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
         fusion_sparse_weight: float = 1.0, fusion_dense_weight: float = 1.0, max_leaf_items: int | None = None,
-        neighbor_id_score: str = "search",
+        neighbor_id_score: str = "search", catalog_query: str = "beams",
         index: str = "flat", hnsw_m: int = 32, ef_search: int = 128,
         num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
         device: str = "cpu",
@@ -80,6 +82,8 @@ class CobraChannel:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if neighbor_id_score not in NEIGHBOR_ID_SCORES:
             raise ValueError(f"neighbor_id_score must be one of {NEIGHBOR_ID_SCORES}, got {neighbor_id_score!r}")
+        if catalog_query not in CATALOG_QUERIES:
+            raise ValueError(f"catalog_query must be one of {CATALOG_QUERIES}, got {catalog_query!r}")
         self.name, self.mode = name, mode
         self.text, self.svd_dim, self.min_df, self.sentence_model = text, svd_dim, min_df, sentence_model
         self.collab, self.collab_dim, self.collab_window = collab, collab_dim, collab_window
@@ -101,7 +105,7 @@ class CobraChannel:
         self.n_negatives = n_negatives
         self.beam_size, self.catalog_neighbors, self.fusion_tau, self.fusion_psi = beam_size, catalog_neighbors, fusion_tau, fusion_psi
         self.fusion_sparse_weight, self.fusion_dense_weight, self.max_leaf_items = fusion_sparse_weight, fusion_dense_weight, max_leaf_items
-        self.neighbor_id_score, self.search_beams = neighbor_id_score, search_beams
+        self.neighbor_id_score, self.search_beams, self.catalog_query = neighbor_id_score, search_beams, catalog_query
         self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
         self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
@@ -139,7 +143,8 @@ class CobraChannel:
         return BeamConfig(beam_size=beam_size or self.beam_size, catalog_neighbors=self.catalog_neighbors,
                           tau=self.fusion_tau, psi=self.fusion_psi, sparse_weight=self.fusion_sparse_weight,
                           dense_weight=self.fusion_dense_weight, max_leaf_items=self.max_leaf_items,
-                          neighbor_id_score=self.neighbor_id_score, search_beams=self.search_beams)
+                          neighbor_id_score=self.neighbor_id_score, search_beams=self.search_beams,
+                          catalog_query=self.catalog_query)
 
     def index_config(self) -> IndexConfig:
         return IndexConfig(kind=self.index, hnsw_m=self.hnsw_m, ef_search=self.ef_search)
@@ -273,19 +278,29 @@ class CobraChannel:
         (rows, items) of every seen item when the block's history matrix is cut (None: the matrix).
         `k`: with catalog neighbours, the best beam's search is deep enough to answer k items."""
         cfg = self.beam_config(beam_size)
-        beams = beam_search(self.model_, self.history_states(history), self.trie_, cfg.beam_size)
+        h = self.history_states(history)
+        beams = beam_search(self.model_, h, self.trie_, cfg.beam_size)
         cands = leaf_candidates(beams, self.trie_, cfg.max_leaf_items)
         if self.dense:
-            v_hat = self.model_.dense_vector(beams.dense_state)  # (B, W, D)
-            v_hat = device.numpy(F.normalize(v_hat, dim=-1) if self.similarity == "cosine" else v_hat)
-            if cfg.catalog_neighbors > 0:
-                groups = device.numpy(beams.codes[..., : self.model_cfg_.dense_after])  # beams sharing v_hat
-                n_seen = int(np.bincount(seen[0]).max()) if seen is not None and len(seen[0]) else history.shape[1]
-                cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups,
-                                            fill=k + n_seen if k > 0 else 0, search_beams=cfg.search_beams)
+            v_hat = self._dense_numpy(self.model_.dense_vector(beams.dense_state))  # (B, W, D)
+            n_seen = int(np.bincount(seen[0]).max()) if seen is not None and len(seen[0]) else history.shape[1]
+            fill = k + n_seen if k > 0 else 0
+            if cfg.catalog_neighbors > 0 and cfg.catalog_query == "history":
+                cands = with_similarity(cands, v_hat, self.item_vecs_)
+                v_hist = self._dense_numpy(self.model_.dense_vector(h))  # (B, D): the ID-free vector
+                cands = history_neighbor_candidates(cands, v_hist, self.index_, self.item_vecs_, cfg.catalog_neighbors, fill)
                 cands = with_own_beams(cands, device.numpy(beams.leaf), self.trie_.item_leaf)
-            cands = with_similarity(cands, v_hat, self.item_vecs_)
+            else:
+                if cfg.catalog_neighbors > 0:
+                    groups = device.numpy(beams.codes[..., : self.model_cfg_.dense_after])  # beams sharing v_hat
+                    cands = neighbor_candidates(cands, v_hat, self.index_, cfg.catalog_neighbors, groups,
+                                                fill=fill, search_beams=cfg.search_beams)
+                    cands = with_own_beams(cands, device.numpy(beams.leaf), self.trie_.item_leaf)
+                cands = with_similarity(cands, v_hat, self.item_vecs_)
         return drop_seen(cands, history, seen)
+
+    def _dense_numpy(self, v: torch.Tensor) -> np.ndarray:
+        return device.numpy(F.normalize(v, dim=-1) if self.similarity == "cosine" else v)
 
     def score(self, cands: Candidates, k: int) -> Retrieved:
         """The top k of the candidates: BeamFusion (COBRA) or log P(ID) + log P(item | ID)."""

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from channels.cobra.model import CobraModel
-from channels.sequence import FitReport, LoopConfig, NegativeSampler, Windows, build_windows, train_loop, trim
+from channels.sequence import FitReport, LoopConfig, NegativeSampler, Windows, train_loop, trim
 from pipeline import data_parallel, device
 from pipeline.types import PAD
 

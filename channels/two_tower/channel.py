@@ -24,7 +24,8 @@ import torch
 from channels.two_tower.features import ItemFeatureEncoder, ItemFeatures
 from channels.two_tower.index import IndexConfig, ItemIndex
 from channels.two_tower.model import ItemInputs, ItemTowerConfig, TwoTowerModel, UserTowerConfig
-from channels.two_tower.train import FitReport, TrainConfig, build_requests, build_windows, fit_model, trim
+from channels.sequence import build_windows
+from channels.two_tower.train import TrainConfig, build_requests, fit_model, trim
 from pipeline import device
 from pipeline.artifacts import atomic_write_json, read_json
 from pipeline.protocols import FitData

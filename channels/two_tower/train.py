@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from channels.sequence import (
-    FitReport, LoopConfig, NegativeSampler, Windows, build_windows, train_loop, trim, user_sequences,
+    FitReport, LoopConfig, NegativeSampler, Windows, train_loop, trim, user_sequences,
 )
 from channels.two_tower.model import ItemInputs, TwoTowerModel
 from pipeline import data_parallel, device
