@@ -48,6 +48,10 @@ VARIANTS = {
                           "tied input and the two-tower's sampled loss together"),
     "uncond_tied": ("cobra", ["dense_levels=0", "dense_condition=teacher", "tied_input=true"],
                     "as sampled_tied (the shipped mode), the dense head unconditioned"),
+    "sampled_tied_uncond": ("cobra", ["dense_levels=null", "dense_condition=sampled", "tied_input=true",
+                                      "uncond_weight=1.0", "catalog_query=history"],
+                            "as sampled_tied, plus the same dense loss on the ID-free vector, which searches the "
+                            "catalog once per request (catalog_query history)"),
     "residual_l1": ("cobra", ["dense_levels=1", "dense_condition=teacher", "dense_cond=residual", "uncond_weight=1.0",
                               "tied_input=true"],
                     "as sampled_tied, but the dense head has its own zero-initialised code embeddings, conditioned on "

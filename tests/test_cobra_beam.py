@@ -7,10 +7,11 @@ import torch
 
 from channels.cobra.beam import (
     BeamConfig, Candidates, beam_search, drop_seen, fusion_scores, leaf_candidates, sparse_scores, top_unique,
+    with_cold_quota,
 )
 from channels.cobra.model import CobraModel, ModelConfig
 from channels.cobra.trie import CodeTrie
-from pipeline.types import PAD
+from pipeline.types import PAD, Retrieved
 
 
 def _model(sizes, seed=0, dense=True):
@@ -204,3 +205,32 @@ def test_own_id_score_lets_the_sparse_side_reorder_catalog_neighbours():
     assert sub.own_beams.tolist() == [0, 1]
     with pytest.raises(ValueError, match="neighbor_id_score must be one of"):
         BeamConfig(neighbor_id_score="mine")
+
+
+def test_cold_quota_keeps_the_head_and_gives_the_tail_to_the_nearest_unseen_cold_items():
+    out = Retrieved(np.array([[4, 5, 6, 7], [8, 9, PAD, PAD]]), np.array([[4.0, 3.0, 2.0, 1.0], [2.0, 1.0, -np.inf, -np.inf]], np.float32))
+    vecs = np.zeros((12, 2), np.float32)
+    vecs[[1, 2, 3, 10]] = [[1.0, 0.0], [0.5, 0.0], [0.5, 0.0], [0.0, 1.0]]  # 2 and 3 tie
+    cold = np.array([1, 2, 3, 10])
+    v = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    history = np.array([[PAD, 1], [PAD, 0]])  # row 0 has seen cold item 1
+    got = with_cold_quota(out, v, cold, vecs, 2, history)
+    # row 0: head 4, 5; tail: the nearest unseen cold items 2, 3 (tie: lower id first)
+    # row 1: head 8, 9; tail 1 then 2; the list grows into its padding
+    assert got.items.tolist() == [[4, 5, 2, 3], [8, 9, 1, 2]]
+    np.testing.assert_allclose(got.scores, [[4.0, 3.0, 2.999, 2.998], [2.0, 1.0, 0.999, 0.998]], rtol=0, atol=1e-6)
+    assert (np.diff(got.scores, axis=1) < 0).all()  # still sorted
+    assert with_cold_quota(out, v, cold, vecs, 0, history) is out
+    assert with_cold_quota(out, v, np.zeros(0, np.int64), vecs, 2, history) is out
+
+
+def test_cold_quota_never_repeats_an_item_and_backfills_from_the_answer():
+    # the answer's head already holds cold item 2; only item 3 is left, the last place keeps the answer's item
+    out = Retrieved(np.array([[2, 5, 6, 7]]), np.array([[4.0, 3.0, 2.0, 1.0]], np.float32))
+    vecs = np.ones((8, 2), np.float32)
+    got = with_cold_quota(out, np.ones((1, 2), np.float32), np.array([2, 3]), vecs, 2, np.array([[PAD]]))
+    assert got.items.tolist() == [[2, 5, 3, 6]]
+    # a quota as long as the answer: every place goes to cold items, best first, then the answer's
+    got = with_cold_quota(out, np.ones((1, 2), np.float32), np.array([2, 3]), vecs, 9, np.array([[PAD]]),
+                          seen=(np.array([0]), np.array([3])))
+    assert got.items.tolist() == [[2, 5, 6, 7]]

@@ -251,3 +251,37 @@ def test_seen_items_older_than_the_window_are_never_returned(world, fitted, mode
     from tests.helpers import check_long_history_masked
 
     check_long_history_masked(fitted[mode], world[0].n_items, window=4, k=15)
+
+
+def test_cold_quota_fills_the_last_places_with_the_nearest_new_items(world, fitted, tmp_path):
+    ds, _, _, evalset = world
+    fitted["cobra"].save(tmp_path / "copy")
+    ch = CobraChannel.load(tmp_path / "copy")  # leave the shared fixture untouched
+    n = len(ch.active_)
+    batch = evalset.batch.take(slice(0, 40))
+    new = ds.items.iloc[:6].assign(item_id=np.arange(n, n + 6), title=lambda f: f["title"] + " new")
+    ch.add_items(new)
+    assert set(range(n, n + 6)) <= set(ch.cold_items().tolist())
+    ch.cold_quota = 3
+    got = ch.retrieve(batch, 10)
+    with torch.no_grad():
+        v_hist = ch.model_.dense_vector(ch.history_states(batch.history)).numpy()
+    cold = ch.cold_items()
+    for r in range(len(batch)):
+        head = got.items[r, :7]
+        sims = v_hist[r] @ ch.item_vecs_[cold].T
+        allowed = ~np.isin(cold, np.r_[batch.seen_of(r), head])
+        want = cold[allowed][np.argsort(-sims[allowed], kind="stable")[:3]]
+        assert got.items[r, 7:].tolist() == want.tolist()  # the 3 nearest unseen cold items, best first
+        assert not np.isin(got.items[r], batch.seen_of(r)).any()
+    assert (np.diff(got.scores, axis=1) <= 0).all()
+    # the places above the quota are the answer without it
+    ch.cold_quota = 0
+    plain = ch.retrieve(batch, 10)
+    assert (got.items[:, :7] == plain.items[:, :7]).all()
+    ch.cold_quota = 3
+    ch.save(tmp_path / "again")
+    again = CobraChannel.load(tmp_path / "again")
+    assert again.cold_quota == 3 and (again.retrieve(batch, 10).items == got.items).all()
+    with pytest.raises(ValueError, match="cold_quota must be >= 0, and 0 in mode 'tiger'"):
+        CobraChannel(mode="tiger", cold_quota=2)

@@ -24,7 +24,9 @@ item has. `fuse` then scores the candidate items of every beam:
   of their own ID's beam under `own`).
 Candidates are kept flat (request, beam, item) so that the cost follows the number of real
 candidates, not the largest ID. An item reached by several beams keeps its best score; seen items
-are removed; top k per request.
+are removed; top k per request. `with_cold_quota` then gives the last places of each answer to
+the items without interactions nearest to the ID-free vector (a fresh item has no ID probability
+worth the name and would rarely reach the top otherwise).
 """
 from __future__ import annotations
 
@@ -283,3 +285,44 @@ def top_unique(cands: Candidates, scores: np.ndarray, k: int) -> Retrieved:
     out_items[rows[take], rank[take]] = its[take]
     out_scores[rows[take], rank[take]] = sc[take]
     return Retrieved(out_items, out_scores)
+
+
+def with_cold_quota(out: Retrieved, v_hist: np.ndarray, cold: np.ndarray, item_vecs: np.ndarray, quota: int,
+                    history: np.ndarray, seen: tuple[np.ndarray, np.ndarray] | None = None) -> Retrieved:
+    """Reserve the last `quota` places of each answer for items without interactions: the unseen
+    ones in `cold` (sorted dense ids) nearest to the row's ID-free vector (v_hist (B, D)), best
+    first, ties by lower id. The answer's own items keep the places above; they fill the reserved
+    ones only where fewer cold items are left. Those items' scores continue the list's order below
+    its last kept score (steps of 1e-3), so the answer stays sorted."""
+    b, k = out.items.shape
+    q = min(int(quota), k)
+    if q <= 0 or cold.size == 0 or b == 0:
+        return out
+    if seen is None:
+        rows_h, cols_h = np.nonzero(history != PAD)
+        seen = (rows_h, history[rows_h, cols_h])
+    sims = (np.asarray(v_hist, np.float32) @ item_vecs[cold].T).astype(np.float64)  # (B, C): the cold set is small
+    head_rows, head_cols = np.nonzero(out.items[:, : k - q] != PAD)
+    for rows, its in (seen, (head_rows, out.items[head_rows, head_cols])):  # seen, or above the reserved places
+        rows, its = np.asarray(rows, np.int64), np.asarray(its, np.int64)
+        pos = np.minimum(np.searchsorted(cold, its), cold.size - 1)
+        hit = cold[pos] == its
+        sims[rows[hit], pos[hit]] = NEG_INF
+    take = min(q, cold.size)
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :take]  # stable on sorted ids: ties by lower id
+    items, scores = out.items.copy(), out.scores.copy()
+    for r in range(b):
+        picked = cold[best[r][np.isfinite(sims[r, best[r]])]]
+        if picked.size == 0:
+            continue
+        kept = out.items[r, : k - q]
+        kept = kept[kept != PAD]
+        rest = out.items[r, k - q:]
+        rest = rest[(rest != PAD) & ~np.isin(rest, picked)]
+        row = np.concatenate([kept, picked, rest])[:k]
+        items[r, : row.size] = row
+        items[r, row.size:] = PAD
+        last = float(out.scores[r, kept.size - 1]) if kept.size else 0.0
+        scores[r, kept.size: row.size] = last - 1e-3 * np.arange(1, row.size - kept.size + 1)
+        scores[r, row.size:] = NEG_INF
+    return Retrieved(items, scores.astype(np.float32))

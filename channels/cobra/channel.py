@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 from channels.cobra.beam import (
     CATALOG_QUERIES, NEIGHBOR_ID_SCORES, BeamConfig, Candidates, beam_search, drop_seen, fusion_scores,
-    history_neighbor_candidates, leaf_candidates, neighbor_candidates, sparse_scores, top_unique, with_own_beams,
-    with_similarity,
+    history_neighbor_candidates, leaf_candidates, neighbor_candidates, sparse_scores, top_unique, with_cold_quota,
+    with_own_beams, with_similarity,
 )
 from channels.cobra.catalog import IndexConfig, build_index, encode_items, leaf_log_prior, normalize
 from channels.cobra.encoder import ContentEncoder, EncoderConfig
@@ -73,7 +73,7 @@ class CobraChannel:
         clip_norm: float | None = None, dense_condition: str = "sampled", teacher_prob: float = 0.5, refit: bool = False,
         beam_size: int = 20, catalog_neighbors: int = 0, search_beams: int | None = None, fusion_tau: float = 1.0, fusion_psi: float = 20.0,
         fusion_sparse_weight: float = 1.0, fusion_dense_weight: float = 1.0, max_leaf_items: int | None = None,
-        neighbor_id_score: str = "search", catalog_query: str = "beams",
+        neighbor_id_score: str = "search", catalog_query: str = "beams", cold_quota: int = 0,
         index: str = "flat", hnsw_m: int = 32, ef_search: int = 128,
         num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
         device: str = "cpu",
@@ -84,6 +84,8 @@ class CobraChannel:
             raise ValueError(f"neighbor_id_score must be one of {NEIGHBOR_ID_SCORES}, got {neighbor_id_score!r}")
         if catalog_query not in CATALOG_QUERIES:
             raise ValueError(f"catalog_query must be one of {CATALOG_QUERIES}, got {catalog_query!r}")
+        if cold_quota < 0 or (cold_quota > 0 and mode != "cobra"):
+            raise ValueError(f"cold_quota must be >= 0, and 0 in mode {mode!r} (it needs the dense vectors), got {cold_quota}")
         self.name, self.mode = name, mode
         self.text, self.svd_dim, self.min_df, self.sentence_model = text, svd_dim, min_df, sentence_model
         self.collab, self.collab_dim, self.collab_window = collab, collab_dim, collab_window
@@ -106,6 +108,7 @@ class CobraChannel:
         self.beam_size, self.catalog_neighbors, self.fusion_tau, self.fusion_psi = beam_size, catalog_neighbors, fusion_tau, fusion_psi
         self.fusion_sparse_weight, self.fusion_dense_weight, self.max_leaf_items = fusion_sparse_weight, fusion_dense_weight, max_leaf_items
         self.neighbor_id_score, self.search_beams, self.catalog_query = neighbor_id_score, search_beams, catalog_query
+        self.cold_quota = cold_quota  # last places of an answer kept for items without interactions (with_cold_quota)
         self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
         self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
@@ -233,6 +236,7 @@ class CobraChannel:
             raw[~self.active_] = 0.0
             self.item_raw_, self.item_vecs_ = raw, self._scored(raw)
             self.index_ = build_index(self.item_vecs_, np.flatnonzero(self.active_), self.index_config())
+        self.cold_ = self.cold_items()
 
     def _scored(self, raw: np.ndarray) -> np.ndarray:
         """The item vectors the dense similarity reads: L2-normalised (cosine) or raw (dot)."""
@@ -309,7 +313,17 @@ class CobraChannel:
         return top_unique(cands, scores, k)
 
     def _retrieve_rows(self, block: RequestBatch, k: int, beam_size: int | None) -> Retrieved:
-        return self.score(self.candidates(block.history, beam_size, block.seen_pairs(), k), k)
+        out = self.score(self.candidates(block.history, beam_size, block.seen_pairs(), k), k)
+        if self.cold_quota > 0 and self.cold_.size:
+            with torch.no_grad():
+                v_hist = self._dense_numpy(self.model_.dense_vector(self.history_states(block.history)))
+            out = with_cold_quota(out, v_hist, self.cold_, self.item_vecs_, self.cold_quota, block.history, block.seen_pairs())
+        return out
+
+    def cold_items(self) -> np.ndarray:
+        """Active items without an interaction in the fit data (added with add_items, or never
+        seen in training): the ones `cold_quota` keeps places for. Sorted dense ids."""
+        return np.flatnonzero(self.active_ & (self.popularity_ == 0))
 
     def item_vectors(self, items: np.ndarray) -> np.ndarray | None:
         """The dense vectors the channel scores with (float32 [n, D]) of item ids; None in the
@@ -358,6 +372,7 @@ class CobraChannel:
             raw = encode_items(self.model_, self.features_, ids)
             self.item_raw_[ids], self.item_vecs_[ids] = raw, self._scored(raw)
             self.index_.add_with_ids(np.ascontiguousarray(self.item_vecs_[ids]), ids)
+        self.cold_ = self.cold_items()
         return codes
 
     def _grow(self, n: int) -> None:

@@ -66,4 +66,5 @@ def restore_channel(ch, path: Path, meta: dict):
         ch.item_raw_ = np.load(path / "item_raw.npy", allow_pickle=False)
         ch.item_vecs_ = ch._scored(ch.item_raw_)
         ch.index_ = load_index(path / "index.faiss", ch.index_config())
+    ch.cold_ = ch.cold_items()
     return ch
