@@ -232,7 +232,11 @@ def main(argv=None) -> int:
         if "peer_sasrec" in standard:
             result.setdefault("peer", {})["standard"] = standard["peer_sasrec"]
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    atomic_write_json(RESULTS / f"protocol_{'a' if args.only_a else 'b'}_{key}.json", result)
+    out = RESULTS / f"protocol_{'a' if args.only_a else 'b'}_{key}.json"
+    if "protocol_a" not in result and out.is_file():  # a protocol-B-only call keeps the last protocol-A run
+        earlier = json.loads(out.read_text())
+        result |= {k: earlier[k] for k in ("protocol_a", "peer") if k in earlier and k not in result}
+    atomic_write_json(out, result)
     shown = {name: part for name, part in (("robust", robust), ("standard", standard)) if part}
     brief = {name: {k: {m: v[m] for m in ("R@10", "R@10_std", "N@10", "N@10_std")} for k, v in part.items()}
              for name, part in shown.items()}
