@@ -34,11 +34,12 @@ from channels.cobra.beam import (
 from channels.cobra.catalog import IndexConfig, build_index, encode_items, leaf_log_prior, normalize
 from channels.cobra.encoder import ContentEncoder, EncoderConfig
 from channels.cobra.features import build_features, price_edges
+from channels.cobra import new_items
 from channels.cobra.model import CobraModel, ModelConfig
 from channels.cobra.persist import read_meta, restore_channel, save_channel
 from channels.cobra.requests import valid_callback
 from channels.cobra.semantic_ids import (
-    IdConfig, code_report, make_quantizer, next_free_tokens, with_disambiguation,
+    IdConfig, code_report, make_quantizer, with_disambiguation,
 )
 from channels.cobra.train import TrainConfig, fit_model
 from channels.cobra.trie import CodeTrie
@@ -276,13 +277,15 @@ class CobraChannel:
     @device.on_device
     @torch.no_grad()
     def candidates(self, history: np.ndarray, beam_size: int | None = None,
-                   seen: tuple[np.ndarray, np.ndarray] | None = None, k: int = 0) -> Candidates:
+                   seen: tuple[np.ndarray, np.ndarray] | None = None, k: int = 0,
+                   states: torch.Tensor | None = None) -> Candidates:
         """Beam search for a block of histories (B, L) and the unseen items behind the beams
         (with their dense cosine in COBRA mode); independent of the BeamFusion weights. `seen`:
         (rows, items) of every seen item when the block's history matrix is cut (None: the matrix).
-        `k`: with catalog neighbours, the best beam's search is deep enough to answer k items."""
+        `k`: with catalog neighbours, the best beam's search is deep enough to answer k items.
+        `states`: `history_states(history)` when the caller has it already."""
         cfg = self.beam_config(beam_size)
-        h = self.history_states(history)
+        h = self.history_states(history) if states is None else states
         beams = beam_search(self.model_, h, self.trie_, cfg.beam_size)
         cands = leaf_candidates(beams, self.trie_, cfg.max_leaf_items)
         if self.dense:
@@ -313,11 +316,12 @@ class CobraChannel:
         return top_unique(cands, scores, k)
 
     def _retrieve_rows(self, block: RequestBatch, k: int, beam_size: int | None) -> Retrieved:
-        out = self.score(self.candidates(block.history, beam_size, block.seen_pairs(), k), k)
+        h, seen = self.history_states(block.history), block.seen_pairs()
+        out = self.score(self.candidates(block.history, beam_size, seen, k, states=h), k)
         if self.cold_quota > 0 and self.cold_.size:
             with torch.no_grad():
-                v_hist = self._dense_numpy(self.model_.dense_vector(self.history_states(block.history)))
-            out = with_cold_quota(out, v_hist, self.cold_, self.item_vecs_, self.cold_quota, block.history, block.seen_pairs())
+                v_hist = self._dense_numpy(self.model_.dense_vector(h))
+            out = with_cold_quota(out, v_hist, self.cold_, self.item_vecs_, self.cold_quota, block.history, seen)
         return out
 
     def cold_items(self) -> np.ndarray:
@@ -343,48 +347,7 @@ class CobraChannel:
         alone, and make them retrievable. item_id: inactive ids < n, or n, n+1, ... in order.
         Returns their codes (int64 [m, L])."""
         self._check_fitted()
-        if "item_id" not in items.columns:
-            raise ValueError(f"channel '{self.name}': the items frame needs an 'item_id' column (dense index)")
-        frame = items.reset_index(drop=True)
-        ids = frame["item_id"].to_numpy(np.int64)
-        n = len(self.active_)
-        old, new = ids[ids < n], ids[ids >= n]
-        if np.any(old < 0) or np.any(self.active_[old]) or np.unique(ids).size != ids.size:
-            raise ValueError(f"channel '{self.name}': add_items needs ids not yet in the catalog (got active or negative ids)")
-        if not np.array_equal(np.sort(new), np.arange(n, n + len(new))):
-            raise ValueError(f"channel '{self.name}': new item ids beyond the catalog must be {n}, {n + 1}, ... without gaps")
-        self._grow(n + len(new))
-        content = self.encoder_.transform(frame)
-        base = self.quantizer_.encode(content)
-        if self.mode == "tiger":
-            extra = next_free_tokens(self.codes_[self.active_], base, self.sizes_[-1], self.name)
-            codes = np.concatenate([base, extra[:, None]], axis=1)
-        else:
-            codes = base
-        self.codes_[ids] = codes
-        self.active_[ids] = True
-        feats = build_features(self.encoder_.tfidf(frame), content, frame.get("price"), self.price_edges_, ids,
-                               np.zeros(len(ids), bool), self.max_tokens)
-        self.features_ = self.features_.set_rows(ids, feats)
-        self.trie_ = CodeTrie.build(self.codes_, tuple(self.sizes_), self.active_)
-        self.log_prior_ = leaf_log_prior(self.trie_, self.popularity_, self.active_)
-        if self.dense:
-            raw = encode_items(self.model_, self.features_, ids)
-            self.item_raw_[ids], self.item_vecs_[ids] = raw, self._scored(raw)
-            self.index_.add_with_ids(np.ascontiguousarray(self.item_vecs_[ids]), ids)
-        self.cold_ = self.cold_items()
-        return codes
-
-    def _grow(self, n: int) -> None:
-        extra = n - len(self.active_)
-        if extra <= 0:
-            return
-        self.active_ = np.r_[self.active_, np.zeros(extra, bool)]
-        self.popularity_ = np.r_[self.popularity_, np.zeros(extra)]
-        self.codes_ = np.concatenate([self.codes_, np.zeros((extra, self.codes_.shape[1]), np.int64)])
-        if self.dense:
-            self.item_raw_ = np.concatenate([self.item_raw_, np.zeros((extra, self.item_raw_.shape[1]), np.float32)])
-            self.item_vecs_ = np.concatenate([self.item_vecs_, np.zeros((extra, self.item_vecs_.shape[1]), np.float32)])
+        return new_items.add_items(self, items)
 
     # ---- persistence ----------------------------------------------------------------------
     def tokenizer_report(self) -> dict:
