@@ -88,6 +88,15 @@ class HttpChannel:
         self.item_index_ = {t: i for i, t in enumerate(self.item_ids_)}
         return self
 
+    def add_item_ids(self, item_ids: list[str]) -> None:
+        """Original ids of items added to the served catalog (dense ids n, n+1, ... in order): the
+        service may answer them from now on."""
+        if not hasattr(self, "item_index_"):
+            raise RuntimeError(f"channel '{self.name}': call fit() before add_item_ids()")
+        n = len(self.item_ids_)
+        self.item_ids_ = np.concatenate([self.item_ids_.astype(object), np.asarray(item_ids, dtype=object)])
+        self.item_index_.update((str(t), n + j) for j, t in enumerate(item_ids))
+
     def _session(self) -> requests.Session:
         if getattr(self, "_http", None) is None:
             session = requests.Session()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from pipeline.artifacts import atomic_dir, atomic_write_json, new_run_dir, read_json, versions
@@ -136,8 +137,13 @@ def reranker_vectors(channels: dict, n_items: int) -> tuple[np.ndarray | None, s
 
 def bind_reranker(reranker, dataset: Dataset, vectors: np.ndarray | None):
     """Give a re-ranker that needs them the item table, the item vectors and the original ids."""
+    return bind_items(reranker, dataset.items, vectors, dataset.item_ids)
+
+
+def bind_items(reranker, items: pd.DataFrame, vectors: np.ndarray | None, item_ids: np.ndarray):
+    """`bind_reranker` with the tables given (the serving re-ranker rebinds with live items)."""
     if callable(getattr(reranker, "bind", None)):
-        reranker.bind(dataset.items, vectors, dataset.item_ids)
+        reranker.bind(items, vectors, item_ids)
     return reranker
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 
 from pipeline.protocols import FitData
 from pipeline.types import CandidateSet, RequestBatch
@@ -52,6 +53,14 @@ class FeatureRankerMixin:
         """Fit the serving-time cross features on the stage's interactions (point-in-time)."""
         self.features_ = CrossFeatures(tuple(channels), self.feature_config).fit(data)
         return self
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Score items added to the catalog after training (an items frame with dense ids n, n+1,
+        ...): their attribute features come from the content, their interaction features are those
+        of an item never seen."""
+        if not hasattr(self, "features_"):
+            raise RuntimeError(f"ranker '{self.name}': call bind() (or load()) before add_items()")  # type: ignore[attr-defined]
+        self.features_.add_items(items)
 
     def _block(self, batch: RequestBatch, pools: list[CandidateSet]) -> FeatureBlock:
         if not hasattr(self, "features_"):

@@ -63,38 +63,84 @@ class FeatureBlock:
 @dataclass
 class ItemAttributes:
     """Integer codes per item (0 = unknown) for each attribute, a price bucket (0 = unknown,
-    1..buckets) and the log price (nan = unknown)."""
+    1..buckets) and the log price (nan = unknown). `vocab` (each attribute's sorted values: code
+    i + 1 is vocab[a][i]) and `price_edges` let `extend` code items added after fitting the same
+    way; artifacts written before they existed load without them (new items: code 0)."""
 
     codes: dict[str, np.ndarray]
     sizes: dict[str, int]
     price_bucket: np.ndarray
     log_price: np.ndarray
+    vocab: dict[str, list[str]] | None = None
+    price_edges: np.ndarray | None = None
 
     @classmethod
     def from_items(cls, items: pd.DataFrame, n_items: int, attributes: tuple[str, ...], buckets: int) -> "ItemAttributes":
         ids = items["item_id"].to_numpy(np.int64)
-        codes, sizes = {}, {}
+        codes, sizes, vocab = {}, {}, {}
         for a in attributes:
             code = np.zeros(n_items, np.int64)
+            vocab[a] = []
             if a in items.columns:
-                values = items[a].astype(str).fillna("").to_numpy()
-                known = (values != "") & (values != "nan")
+                values = _values(items[a])
+                known = values != ""
                 uniq, inv = np.unique(values[known], return_inverse=True)
                 code[ids[known]] = inv + 1
-                sizes[a] = len(uniq) + 1
+                sizes[a], vocab[a] = len(uniq) + 1, [str(v) for v in uniq]
             else:
                 sizes[a] = 1
             codes[a] = code
         price = np.full(n_items, np.nan)
         if "price" in items.columns:
-            price[ids] = pd.to_numeric(items["price"], errors="coerce").to_numpy(np.float64)
-        price[~(price > 0)] = np.nan
-        bucket = np.zeros(n_items, np.int64)
+            price[ids] = _prices(items)
+        edges = np.zeros(0)
         ok = ~np.isnan(price)
         if ok.any():
             edges = np.unique(np.quantile(price[ok], np.linspace(0, 1, buckets + 1)[1:-1]))
-            bucket[ok] = np.searchsorted(edges, price[ok], side="right") + 1
-        return cls(codes, sizes, bucket, np.log(price).astype(np.float32))
+        return cls(codes, sizes, _buckets(price, edges), np.log(price).astype(np.float32), vocab, edges)
+
+    def extend(self, items: pd.DataFrame) -> "ItemAttributes":
+        """These attributes plus rows for new items (dense ids n, n+1, ... in order): a value seen
+        at fitting keeps its code, any other is 0 (unknown), as is every value without `vocab`."""
+        n = len(self.price_bucket)
+        ids = items["item_id"].to_numpy(np.int64)
+        if not np.array_equal(ids, np.arange(n, n + len(ids))):
+            raise ValueError(f"ranker features: new items need item_id {n}..{n + len(ids) - 1} in order")
+        codes = {}
+        for a, code in self.codes.items():
+            new = np.zeros(len(ids), np.int64)
+            known = np.asarray((self.vocab or {}).get(a, []), dtype=object)
+            if a in items.columns and len(known):
+                values = _values(items[a])
+                at = np.minimum(np.searchsorted(known, values), len(known) - 1)
+                hit = (values != "") & (known[at] == values)
+                new[hit] = at[hit] + 1
+            codes[a] = np.concatenate([code, new])
+        price = _prices(items) if "price" in items.columns else np.full(len(ids), np.nan)
+        edges = self.price_edges if self.price_edges is not None else np.zeros(0)
+        bucket = _buckets(price, edges) if self.price_edges is not None else np.zeros(len(ids), np.int64)
+        return ItemAttributes(codes, dict(self.sizes), np.concatenate([self.price_bucket, bucket]),
+                              np.concatenate([self.log_price, np.log(price).astype(np.float32)]), self.vocab, self.price_edges)
+
+
+def _values(column: pd.Series) -> np.ndarray:
+    """An attribute column as strings, '' for a missing value."""
+    values = column.astype(str).fillna("").to_numpy(dtype=object)
+    values[values == "nan"] = ""
+    return values
+
+
+def _prices(items: pd.DataFrame) -> np.ndarray:
+    price = pd.to_numeric(items["price"], errors="coerce").to_numpy(np.float64)
+    return np.where(price > 0, price, np.nan)
+
+
+def _buckets(price: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    bucket = np.zeros(len(price), np.int64)
+    ok = ~np.isnan(price)
+    if ok.any():
+        bucket[ok] = np.searchsorted(edges, price[ok], side="right") + 1
+    return bucket
 
 
 class CrossFeatures:
@@ -231,7 +277,8 @@ class CrossFeatures:
         for a, code in self.attrs_.codes.items():
             np.save(path / f"code_{a}.npy", code, allow_pickle=False)
         meta = {"channels": list(self.channels), "config": asdict(self.config), "t0": self.t0_, "span": self.span_,
-                "sizes": self.attrs_.sizes}
+                "sizes": self.attrs_.sizes, "vocab": self.attrs_.vocab,
+                "price_edges": None if self.attrs_.price_edges is None else self.attrs_.price_edges.tolist()}
         atomic_write_json(path / "features.json", meta)
 
     @classmethod
@@ -246,8 +293,20 @@ class CrossFeatures:
         codes = {a: np.load(path / f"code_{a}.npy", allow_pickle=False) for a in config.attributes}
         out.attrs_ = ItemAttributes(codes, {a: int(s) for a, s in meta["sizes"].items()},
                                     np.load(path / "price_bucket.npy", allow_pickle=False),
-                                    np.load(path / "log_price.npy", allow_pickle=False))
+                                    np.load(path / "log_price.npy", allow_pickle=False), meta.get("vocab"),
+                                    None if meta.get("price_edges") is None else np.asarray(meta["price_edges"], np.float64))
         return out
+
+    def add_items(self, items: pd.DataFrame) -> None:
+        """Attributes for items added after fitting (dense ids n, n+1, ...): they have no
+        interactions, so their popularity and age features read 'never seen'."""
+        if not hasattr(self, "attrs_"):
+            raise RuntimeError("CrossFeatures: call fit() or load() before add_items()")
+        self.attrs_ = self.attrs_.extend(items)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.attrs_.price_bucket)
 
 
 def feature_config(windows_days=(7, 30, 365), price_buckets: int = 10, attributes=ATTRIBUTES) -> FeatureConfig:

@@ -187,7 +187,7 @@ class MTGR(nn.Module):
     # -- the sparse half: ids and features -> tokens -----------------------------------------
     def item_tokens(self, items: torch.Tensor) -> torch.Tensor:
         """long [...] ids + 1 -> (..., d): id + attribute + price embeddings."""
-        ids = items
+        ids = items.masked_fill(items >= self.item.num_embeddings, 0)  # items added after training: no id vector
         if self.training and self.cfg.id_dropout > 0:
             ids = torch.where(torch.rand(items.shape, device=items.device) < self.cfg.id_dropout, 0, items)
         x = self.item(ids) + self.price(self.item_price[items])
@@ -195,6 +195,12 @@ class MTGR(nn.Module):
         for a, emb in enumerate(self.attrs):
             x = x + emb(attrs[..., a])
         return x
+
+    def add_items(self, item_attrs: torch.Tensor, item_price: torch.Tensor) -> None:
+        """Attribute codes [m, A] and price buckets [m] of m items added after training (the next
+        ids): they get attribute and price embeddings, and the id embedding of an unknown item."""
+        self.item_attrs = torch.cat([self.item_attrs, item_attrs.long().to(self.item_attrs.device)])
+        self.item_price = torch.cat([self.item_price, item_price.long().to(self.item_price.device)])
 
     def tokens(self, inp: MTGRInputs):
         b, l = inp.hist_items.shape

@@ -103,6 +103,16 @@ class MTGRRanker(FeatureRankerMixin):
             out[a:b] = device.numpy(scores)[mask]
         return block.split(out)
 
+    def add_items(self, items) -> None:
+        """As `FeatureRankerMixin.add_items`, and the model's item tables grow to match."""
+        n = self.features_.n_items
+        super().add_items(items)
+        attrs = self.features_.attrs_
+        names = self.features_.config.attributes
+        m = len(attrs.price_bucket) - n
+        table = np.stack([attrs.codes[a][n:] for a in names], axis=1) if names else np.zeros((m, 0), np.int64)
+        self.model_.add_items(torch.from_numpy(table), torch.from_numpy(attrs.price_bucket[n:]))
+
     def _threads(self) -> None:
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))

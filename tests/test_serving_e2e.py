@@ -268,6 +268,27 @@ def test_a_removed_item_is_gone_from_the_next_served_list(served):
         assert s.post(f"{url}/recommend", json={"k": 5, "arm": "no-recall"}).json()["items"][0]["item_id"] == top
 
 
+def test_a_posted_item_is_served_on_the_next_request_by_every_replica(served):
+    """POST /items through Ray Serve: the stage calls carry the live catalog (one object reference
+    per version), so the channel, ranker and re-ranker replicas serve the new item at once. The
+    plug-in recall service answers it before it is posted (dropped: unknown) and after (served)."""
+    url, stub = served["url"], served["stub"]
+    body = {"history": [served["recall"][0]], "k": 100, "arm": "control"}
+    ids = lambda answer: {i["item_id"]: i["reasons"] for i in answer.json()["items"]}
+    stub.items.insert(0, "live-e2e")
+    try:
+        with requests.Session() as s:
+            assert "live-e2e" not in ids(s.post(f"{url}/recommend", json=body))
+            added = s.post(f"{url}/items", json={"items": [{"item_id": "live-e2e", "title": "a new item", "brand": "b0"}]})
+            assert added.status_code == 202 and added.json()["added"] == ["live-e2e"]
+            got = s.post(f"{url}/recommend", json=body)
+            assert got.json()["degraded"] == [] and "channel:recall" in ids(got).get("live-e2e", [])
+            assert s.delete(f"{url}/items/live-e2e").status_code == 202
+            assert "live-e2e" not in ids(s.post(f"{url}/recommend", json=body))
+    finally:
+        stub.items.remove("live-e2e")
+
+
 def test_faults_degrade_within_budget_and_recover(served):
     from pipeline.serving import app
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, create_model, field_validator
 
 from pipeline.serving.config import Limits
 
@@ -114,6 +114,31 @@ class EventsResponse(BaseModel):
     unknown_items: list[str]  # item ids the served run does not know: stored, not used until a run knows them
 
 
+class ItemIn(Strict):
+    """An item for the served catalog: its id and content (the fields of the items table). A new
+    id is recommendable from the next request, by every channel that embeds items from content."""
+
+    item_id: Annotated[Id, AfterValidator(str)]
+    title: Annotated[StrictStr, Field(max_length=2000)] | None = None
+    categories: (list[Annotated[StrictStr, Field(min_length=1, max_length=256)]]
+                 | Annotated[StrictStr, Field(max_length=4000)] | None) = None  # a path, root first ('|'-joined or a list)
+    category: Annotated[StrictStr, Field(max_length=256)] | None = None  # default: taken from the path
+    brand: Annotated[StrictStr, Field(max_length=256)] | None = None
+    price: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] | Annotated[StrictInt, Field(ge=0)] | None = None
+    created_at: StrictInt | None = Field(None, ge=0, le=2**40)  # unix seconds; default: when it is accepted
+
+
+class ItemsRequest(Strict):
+    items: list[ItemIn] = Field(min_length=1, max_length=LIMITS.max_items)
+
+
+class ItemsResponse(BaseModel):
+    accepted: int  # records stored
+    added: list[str]  # ids new to the served run: recommendable from the next request
+    updated: list[str]  # ids it already serves: kept for the next training, served as they are (and made available)
+    version: int  # records in the live catalog
+
+
 class ItemState(BaseModel):
     item_id: str
     available: bool  # False: left out of every channel's output and the pool
@@ -152,7 +177,7 @@ def _id_type(max_length: int):
     return Annotated[StrictStr, Field(min_length=1, max_length=max_length)] | Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
-def request_models(limits: Limits) -> tuple[type[RecommendRequest], type[FeedbackRequest], type[EventsRequest]]:
+def request_models(limits: Limits) -> tuple[type[RecommendRequest], type[FeedbackRequest], type[EventsRequest], type[ItemsRequest]]:
     """The request models with a server's configured limits in their schema (and so in its
     OpenAPI document): raising `limits.max_k` in the serving config lets larger k through, and a
     smaller one refuses it with a 422 naming the field."""
@@ -169,4 +194,6 @@ def request_models(limits: Limits) -> tuple[type[RecommendRequest], type[Feedbac
     event = create_model("EventIn", __base__=EventIn, user_id=(ident, ...), item_id=(ident, ...))
     events = create_model("EventsRequest", __base__=EventsRequest,
                           events=(list[event], Field(min_length=1, max_length=limits.max_events)))
-    return recommend, feedback, events
+    item = create_model("ItemIn", __base__=ItemIn, item_id=(Annotated[ident, AfterValidator(str)], ...))
+    items = create_model("ItemsRequest", __base__=ItemsRequest, items=(list[item], Field(min_length=1, max_length=limits.max_items)))
+    return recommend, feedback, events, items

@@ -15,14 +15,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.config import StageConfig
 from pipeline.serving.ab import ArmTable
+from pipeline.serving.catalog import LiveItems, LiveSync, split_key
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.history import Event, open_store
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import StaleRun
 from pipeline.types import CandidateSet, RequestBatch, Retrieved
+from pipeline.workflow import bind_items, load_rerank_vectors
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +55,19 @@ class InjectedFault(RuntimeError):
     pass
 
 
-def _stale(own: str, runs: list[str | None] | None, n: int) -> list[bool]:
+def _stale(own: str, runs: list | None, n: int) -> list[bool]:
     """Which rows were sent by an ingress serving other data than this component's."""
-    return [False] * n if runs is None else [r is not None and r != own for r in runs]
+    if runs is None:
+        return [False] * n
+    return [fp is not None and fp != own for fp in (split_key(r)[0] for r in runs)]
+
+
+def _newest(own: str, runs: list | None) -> LiveItems | None:
+    """The most complete live catalog among a batch's calls from this component's data (each is
+    a prefix of the store's)."""
+    keys = [split_key(r) for r in runs or ()]
+    lives = [live for fp, live in keys if live is not None and fp in (None, own)]
+    return max(lives, key=lambda live: live.version, default=None)
 
 
 class ChannelComponent:
@@ -65,7 +78,17 @@ class ChannelComponent:
         self.channel = view.load_channel(name)
         self.fault = Fault()
         self._rng = np.random.default_rng(0)
+        self.live = LiveSync(view.dataset.item_ids, self._add_items)
         set_threads(threads)
+
+    def _add_items(self, frame: pd.DataFrame, new_ids: list[str]) -> None:
+        """Live items, for a channel that embeds items from content (COBRA, the two-tower) or maps
+        ids another service answers (the HTTP plug-in); the others cannot retrieve an item without
+        interactions and leave them out."""
+        if callable(getattr(self.channel, "add_items", None)):
+            self.channel.add_items(frame)
+        elif callable(getattr(self.channel, "add_item_ids", None)):
+            self.channel.add_item_ids(new_ids)
 
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
         if self.fault.error_rate and self._rng.random() < self.fault.error_rate:
@@ -77,8 +100,10 @@ class ChannelComponent:
     async def aretrieve(self, batch: RequestBatch, k: int, run: str | None = None) -> Retrieved:
         """Async form: injected delay does not hold the replica's event loop. `run`: the caller's
         data fingerprint; another one raises StaleRun (the caller drops this channel)."""
-        if run is not None and run != self.fingerprint:
+        fingerprint, live = split_key(run)
+        if fingerprint is not None and fingerprint != self.fingerprint:
             raise StaleRun(f"channel {self.name} serves {self.run}, built from other data")
+        await self.live.sync(live)
         if self.fault.delay_ms:
             await asyncio.sleep(self.fault.delay_ms / 1e3)
         if self.fault.error_rate and self._rng.random() < self.fault.error_rate:
@@ -122,7 +147,17 @@ class RankerComponent:
         built = {key: view.build_ranker(c) for key, c in {_key(c): c for c in configs.values()}.items()}
         self.by_arm = {arm: built[_key(c)] for arm, c in configs.items()}
         self.run, self.fingerprint = str(view.path), view.fingerprint
+        self.live = LiveSync(view.dataset.item_ids, self._add_items)
         set_threads(threads)
+
+    def _add_items(self, frame: pd.DataFrame, new_ids: list[str]) -> None:
+        for ranker in {id(r): r for r in self.by_arm.values()}.values():
+            if callable(getattr(ranker, "add_items", None)):
+                ranker.add_items(frame)
+
+    async def sync(self, runs: list | None) -> None:
+        """Catch up with the newest live catalog a batch of calls carries."""
+        await self.live.sync(_newest(self.fingerprint, runs))
 
     def score_many(
         self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], runs: list[str | None] | None = None
@@ -144,7 +179,24 @@ class RerankComponent:
         built = {key: view.build_reranker(c) for key, c in {_key(c): c for c in configs.values()}.items()}
         self.by_arm = {arm: built[_key(c)] for arm, c in configs.items()}
         self.run, self.fingerprint = str(view.path), view.fingerprint
+        self._table = (view.dataset.items, load_rerank_vectors(view.path, view.manifest), view.dataset.item_ids)
+        self.live = LiveSync(view.dataset.item_ids, self._add_items)
         set_threads(threads)
+
+    def _add_items(self, frame: pd.DataFrame, new_ids: list[str]) -> None:
+        """Rebind every re-ranker to the item table with the live items appended (item vectors,
+        where MMR needs them: zero rows, similar to nothing)."""
+        items, vectors, ids = self._table
+        items = pd.concat([items, frame], ignore_index=True)
+        if vectors is not None:
+            vectors = np.concatenate([vectors, np.zeros((len(frame), vectors.shape[1]), vectors.dtype)])
+        ids = np.concatenate([ids.astype(object), np.array(new_ids, dtype=object)])  # fixed-width str would cut them
+        self._table = (items, vectors, ids)
+        for reranker in {id(r): r for r in self.by_arm.values()}.values():
+            bind_items(reranker, items, vectors, ids)
+
+    async def sync(self, runs: list | None) -> None:
+        await self.live.sync(_newest(self.fingerprint, runs))
 
     def rerank_many(
         self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], ks: list[int],
@@ -183,6 +235,12 @@ class LocalBackends:
     async def set_available(self, item_ids: list[str], available: bool) -> None:
         self.store.set_available(item_ids, available)
 
+    async def add_items(self, records: list[dict]) -> int:
+        return self.store.add_items(records)
+
+    async def live_items(self, start: int) -> list[dict]:
+        return self.store.items(start)
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
@@ -191,7 +249,9 @@ class LocalBackends:
         return await self.channels[channel].aretrieve(batch, k, run)
 
     async def score(self, arm: str, batch: RequestBatch, pool: CandidateSet, run: str | None = None) -> np.ndarray | None:
+        await self.ranker.sync([run])
         return self.ranker.score_many([arm], [batch], [pool], [run])[0]
 
     async def rerank(self, arm: str, batch: RequestBatch, pool: CandidateSet, k: int, run: str | None = None) -> CandidateSet | None:
+        await self.reranker.sync([run])
         return self.reranker.rerank_many([arm], [batch], [pool], [k], [run])[0]

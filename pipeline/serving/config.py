@@ -39,6 +39,7 @@ class Limits(Strict):
     max_context_keys: int = Field(16, ge=0)
     max_id_length: int = Field(256, ge=1)
     max_events: int = Field(1000, ge=1, le=100000)  # events per POST /events
+    max_items: int = Field(1000, ge=1, le=100000)  # item records per POST /items
 
 
 class Autoscaling(Strict):
@@ -101,7 +102,8 @@ class HistoryConfig(DeploymentConfig):
     timeout_ms: float = Field(200.0, gt=0.0, le=60000.0)  # Redis socket timeout
     budget_ms: float = Field(50.0, gt=0.0, le=60000.0)  # a /recommend waits this long for the stored events
     snapshot_every: int = Field(10000, ge=1)
-    catalog_ttl_s: float = Field(1.0, ge=0.0, le=3600.0)  # how long an ingress replica reuses the unavailable-item set
+    catalog_ttl_s: float = Field(1.0, ge=0.0, le=3600.0)  # how long an ingress replica reuses the catalog state it read
+    max_live_items: int = Field(10000, ge=0, le=1000000)  # item records kept since training; beyond: 409, retrain
     num_cpus: float = Field(0.1, ge=0.0, le=64.0)
 
     @model_validator(mode="after")

@@ -13,9 +13,11 @@ import os
 from typing import Any
 
 import numpy as np
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from pipeline.serving.catalog import LiveItems, StageKey, split_key
 from pipeline.serving.components import ChannelComponent, Fault, RankerComponent, RerankComponent
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.history import Event, open_store
@@ -109,6 +111,7 @@ class RankerDeployment(_Reloading):
     async def score(
         self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], runs: list[str | None]
     ) -> list[np.ndarray | None]:
+        await self.component.sync(runs)
         return self.component.score_many(arms, batches, pools, runs)
 
 
@@ -126,6 +129,7 @@ class RerankDeployment(_Reloading):
     async def rerank(
         self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], ks: list[int], runs: list[str | None]
     ) -> list[CandidateSet | None]:
+        await self.component.sync(runs)
         return self.component.rerank_many(arms, batches, pools, ks, runs)
 
 
@@ -156,6 +160,14 @@ class HistoryDeployment:
 
     async def set_available(self, item_ids: list[str], available: bool) -> None:
         await asyncio.to_thread(self.store.set_available, item_ids, available)
+
+    async def add_items(self, records: list[dict]) -> int:
+        return await asyncio.to_thread(self.store.add_items, records)
+
+    async def items(self, start: int) -> list[dict]:
+        if self.cfg.history.backend == "local":  # in memory
+            return self.store.items(start)
+        return await asyncio.to_thread(self.store.items, start)
 
     def __del__(self) -> None:
         if getattr(self, "store", None) is not None:
@@ -193,10 +205,11 @@ class HandleBackends:
         self.store = history
         self.groups = {name: _transport(h, grpc) for name, h in (groups or {}).items()}
         self.group_of = dict(group_of or {})
+        self._live_ref: tuple[int, Any] | None = None  # (catalog version, object reference of its records)
 
     async def retrieve_group(self, group: str, names: list[str], batch: RequestBatch, ks: dict[str, int], run: str
                              ) -> dict[str, Retrieved | Exception]:
-        return await _await(self.groups[group].retrieve_group.remote(names, batch, ks, run))
+        return await _await(self.groups[group].retrieve_group.remote(names, batch, ks, self._wire(run)))
 
     async def history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
         return await _await(self.store.recent.remote(user_id, limit))
@@ -210,14 +223,30 @@ class HandleBackends:
     async def set_available(self, item_ids: list[str], available: bool) -> None:
         await _await(self.store.set_available.remote(item_ids, available))
 
+    async def add_items(self, records: list[dict]) -> int:
+        return await _await(self.store.add_items.remote(records))
+
+    async def live_items(self, start: int) -> list[dict]:
+        return await _await(self.store.items.remote(start))
+
+    def _wire(self, run: StageKey | str) -> StageKey | str:
+        """The live items as one object reference, put once per catalog version (not the records
+        themselves in every call)."""
+        fingerprint, live = split_key(run)
+        if live is None or live.records is None:
+            return run
+        if self._live_ref is None or self._live_ref[0] != live.version:
+            self._live_ref = (live.version, ray.put(live.records))
+        return StageKey(fingerprint, LiveItems(live.version, None, self._live_ref[1]))
+
     async def retrieve(self, channel: str, batch: RequestBatch, k: int, run: str) -> Retrieved:
-        return await _await(self.channels[channel].retrieve.remote(batch, k, run))
+        return await _await(self.channels[channel].retrieve.remote(batch, k, self._wire(run)))
 
     async def score(self, arm: str, batch: RequestBatch, pool: CandidateSet, run: str) -> np.ndarray | None:
-        return await _await(self.ranker.score.remote(arm, batch, pool, run))
+        return await _await(self.ranker.score.remote(arm, batch, pool, self._wire(run)))
 
     async def rerank(self, arm: str, batch: RequestBatch, pool: CandidateSet, k: int, run: str) -> CandidateSet | None:
-        return await _await(self.reranker.rerank.remote(arm, batch, pool, k, run))
+        return await _await(self.reranker.rerank.remote(arm, batch, pool, k, self._wire(run)))
 
 
 @serve.deployment

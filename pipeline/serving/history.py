@@ -15,7 +15,8 @@ Two backends behind one interface (`HistoryStore`):
 A store that cannot be reached raises `StoreUnavailable`; the ingress then answers from the
 trained history (`degraded: ["history_store"]`) and refuses events with a retryable 503.
 The store also holds the items taken out of the catalog (`set_available`), which the ingress
-removes from every channel's output and the pool.
+removes from every channel's output and the pool, and the items added to it (`add_items`, in
+arrival order; pipeline/serving/catalog.py says how the stages serve them).
 """
 from __future__ import annotations
 
@@ -66,6 +67,15 @@ class HistoryStore(Protocol):
 
     def unavailable(self) -> set[str]: ...
 
+    def add_items(self, records: list[dict]) -> int:
+        """Append item records (pipeline.serving.catalog.record_of) to the live catalog; returns
+        how many records it holds now (its version)."""
+        ...
+
+    def items(self, start: int = 0) -> list[dict]:
+        """The live catalog's records from position `start` on, in arrival order."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -80,8 +90,10 @@ class LocalStore:
         self._rows: list[tuple[str, str, int, str]] = []  # every stored event, in arrival order (snapshots)
         self._since_snapshot = 0
         self._unavailable: set[str] = set()
+        self._items: list[dict] = []
         self._load()
         self._log = open(self.folder / "events.log", "a", encoding="utf-8")
+        self._items_log = open(self.folder / "items.log", "a", encoding="utf-8")
 
     @property
     def n_events(self) -> int:
@@ -107,6 +119,13 @@ class LocalStore:
             state = json.loads(snap.read_text())
             for key, user, time, item in state["events"]:
                 self._apply(key, user, int(time), item)
+        items = self.folder / "items.log"
+        if items.is_file():
+            for line in items.read_text(encoding="utf-8").splitlines():
+                try:
+                    self._items.append(dict(json.loads(line)))
+                except (ValueError, TypeError):  # cut by a crash mid-write: never acknowledged
+                    continue
         log = self.folder / "events.log"
         if log.is_file():
             for line in log.read_text(encoding="utf-8").splitlines():
@@ -156,11 +175,25 @@ class LocalStore:
         with self._lock:
             return set(self._unavailable)
 
+    def add_items(self, records: list[dict]) -> int:
+        with self._lock:
+            if records:
+                self._items_log.write("".join(json.dumps(r) + "\n" for r in records))
+                self._items_log.flush()
+                os.fsync(self._items_log.fileno())  # durable before it is acknowledged
+                self._items += [dict(r) for r in records]
+            return len(self._items)
+
+    def items(self, start: int = 0) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self._items[start:]]
+
     def close(self) -> None:
         with self._lock:
             if self._since_snapshot:
                 self._snapshot()
             self._log.close()
+            self._items_log.close()
 
 
 # KEYS[1]: the id set; ARGV: triples (event key, user, "time|item"); returns how many were new
@@ -182,7 +215,7 @@ class RedisStore:
         self._errors = (redis.RedisError, OSError)
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.ids_key, self.user_prefix = f"{prefix}:event_ids", f"{prefix}:history:"
-        self.off_key = f"{prefix}:unavailable"
+        self.off_key, self.items_key = f"{prefix}:unavailable", f"{prefix}:items"
         self._add = self.client.register_script(_ADD)
 
     def add(self, events: list[Event]) -> tuple[int, int]:
@@ -216,6 +249,20 @@ class RedisStore:
     def unavailable(self) -> set[str]:
         try:
             return {m.decode() for m in self.client.smembers(self.off_key)}
+        except self._errors as err:
+            raise StoreUnavailable(f"redis: {type(err).__name__}: {err}") from None
+
+    def add_items(self, records: list[dict]) -> int:
+        try:
+            if not records:
+                return int(self.client.llen(self.items_key))
+            return int(self.client.rpush(self.items_key, *(json.dumps(r) for r in records)))
+        except self._errors as err:
+            raise StoreUnavailable(f"redis: {type(err).__name__}: {err}") from None
+
+    def items(self, start: int = 0) -> list[dict]:
+        try:
+            return [json.loads(r) for r in self.client.lrange(self.items_key, start, -1)]
         except self._errors as err:
             raise StoreUnavailable(f"redis: {type(err).__name__}: {err}") from None
 

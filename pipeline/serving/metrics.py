@@ -23,6 +23,7 @@ class Metrics:
         self.degraded = Counter("hybridrec_degraded", "Components dropped from a request", ["component", "reason"], registry=r)
         self.fallback = Counter("hybridrec_fallback", "Requests answered by the ingress popularity fallback", registry=r)
         self.ignored = Counter("hybridrec_ignored_history_items", "Unknown item ids ignored in histories", registry=r)
+        self.items = Counter("hybridrec_live_items", "Item records accepted by POST /items", registry=r)
         self.events = Counter("hybridrec_events", "Events sent to POST /events and /feedback, by outcome",
                               ["outcome"], registry=r)  # accepted | duplicate | unknown_item | refused
         self.log_dropped = Gauge("hybridrec_eventlog_dropped", "Log records dropped (queue full)", ["log"], registry=r)

@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.serving.api import (
-    ChannelsResponse, ErrorResponse, EventsRequest, EventsResponse, FeedbackRequest, FeedbackResponse, Health, ItemState,
-    RecommendRequest, RecommendResponse, request_models,
+    ChannelsResponse, ErrorResponse, EventsRequest, EventsResponse, FeedbackRequest, FeedbackResponse, Health, ItemsRequest,
+    ItemsResponse, ItemState, RecommendRequest, RecommendResponse, request_models,
 )
 from pipeline.serving.metrics import CONTENT_TYPE
 from pipeline.serving.service import BadRequest, RecommendService
@@ -52,7 +52,7 @@ def _error(status: int, error: str, detail: list[str] | None = None) -> JSONResp
     return JSONResponse(status_code=status, content={"error": error, "detail": detail or []})
 
 
-ROUTES = ("/recommend", "/events", "/feedback", "/healthz", "/channels", "/metrics")
+ROUTES = ("/recommend", "/events", "/items", "/feedback", "/healthz", "/channels", "/metrics")
 
 
 class Guard:
@@ -135,7 +135,7 @@ def create_app(service: RecommendService, max_body_bytes: int) -> FastAPI:
     started = time.time()
     _handlers(app)
 
-    recommend_model, feedback_model, events_model = request_models(service.cfg.limits)  # the configured limits
+    recommend_model, feedback_model, events_model, items_model = request_models(service.cfg.limits)  # the configured limits
 
     async def recommend(body: RecommendRequest) -> Response:
         """Top-k items for a user id and/or a recent history, with scores, reasons, arm, timings."""
@@ -158,6 +158,16 @@ def create_app(service: RecommendService, max_body_bytes: int) -> FastAPI:
              responses=ERRORS | {503: {"model": ErrorResponse, "description": "History store unavailable"}})(events)
     app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)(recommend)
     app.post("/feedback", response_model=FeedbackResponse, status_code=202, responses=ERRORS)(feedback)
+
+    async def add_items(body: ItemsRequest) -> ItemsResponse:
+        """Add items to the served catalog (or store new content for known ones); a new item is
+        recommendable from the next request. 503 with Retry-After when the store is down."""
+        return await service.add_items(body)
+
+    add_items.__annotations__["body"] = items_model
+    app.post("/items", response_model=ItemsResponse, status_code=202,
+             responses=ERRORS | {409: {"model": ErrorResponse, "description": "Live catalog full: retrain"},
+                                 503: {"model": ErrorResponse, "description": "History store unavailable"}})(add_items)
 
     async def remove_item(item_id: str) -> ItemState:
         """Take an item out of every list (sold out, withdrawn) from the next request on."""

@@ -24,8 +24,10 @@ from pipeline.orchestrator import Budgets, Plan, StageResult
 from pipeline.pool import PoolSpec
 from pipeline.serving.ab import ArmPlan, UnknownArm
 from pipeline.serving.api import (
-    EventsRequest, EventsResponse, FeedbackRequest, Item, ItemState, RecommendRequest, RecommendResponse,
+    EventsRequest, EventsResponse, FeedbackRequest, Item, ItemsRequest, ItemsResponse, ItemState, RecommendRequest,
+    RecommendResponse,
 )
+from pipeline.serving.catalog import StageKey, record_of
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.history import Event
 from pipeline.serving.metrics import Metrics
@@ -75,12 +77,20 @@ class Backends(Protocol):
 
     async def set_available(self, item_ids: list[str], available: bool) -> None: ...
 
+    async def add_items(self, records: list[dict]) -> int:
+        """Append item records to the live catalog; its version (records held) after. Raises if the store cannot."""
+        ...
+
+    async def live_items(self, start: int) -> list[dict]:
+        """The live catalog's records from position `start` on."""
+        ...
+
 
 class ArmStages:
     """`orchestrator.Stages` for one request: the backends, with its arm and the state's data
     fingerprint bound (a stage loaded from other data answers None or raises StaleRun)."""
 
-    def __init__(self, backends: Backends, arm: str, run: str, plan: ArmPlan | None = None) -> None:
+    def __init__(self, backends: Backends, arm: str, run: StageKey | str, plan: ArmPlan | None = None) -> None:
         self.backends, self.arm, self.run, self.plan = backends, arm, run, plan
         self.group_of: dict[str, str] = getattr(backends, "group_of", {})
         self._pending: dict[str, asyncio.Future] = {}
@@ -120,7 +130,8 @@ class RecommendService:
         self.backends = backends
         self.cfg = cfg
         self.metrics = metrics or Metrics()
-        self._off: tuple[float, str, np.ndarray] | None = None  # (expires, run fingerprint, dense ids) of unavailable items
+        # (expires, (run fingerprint, catalog size), dense ids) of the unavailable items
+        self._off: tuple[float, tuple[str, int], np.ndarray] | None = None
 
     def swap(self, state: IngressState) -> IngressState | None:
         """Serve a new run from now on; requests already running finish on the old state."""
@@ -138,7 +149,7 @@ class RecommendService:
 
     async def run(self, state: IngressState, plan: ArmPlan, batch: RequestBatch, k: int) -> StageResult:
         """The cascade's steps for one resolved request, on the backends."""
-        return await orchestrator.run(ArmStages(self.backends, plan.name, state.fingerprint, plan), plan_of(plan), batch, k,
+        return await orchestrator.run(ArmStages(self.backends, plan.name, state.key, plan), plan_of(plan), batch, k,
                                       fallback=state.fallback, budgets=self.budgets(plan), concurrent=True)
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -149,6 +160,7 @@ class RecommendService:
             plan = state.arms.assign(req.user_id, req.arm)
         except UnknownArm as err:
             raise BadRequest(422, str(err)) from None
+        await self._catalog(state)  # first: the unavailable ids may name live items
         (recent, store_down), exclude = await asyncio.gather(self._recent(req.user_id, state), self._excluded(state))
         res = resolve(req, state, recent=recent, exclude=exclude)
         t1 = time.perf_counter()
@@ -175,7 +187,7 @@ class RecommendService:
             if self.cfg.history.backend != "off":
                 degraded += ["history_store"] if (await self._recent("\x00warm-up", state))[1] else []
             for plan in state.arms.plans.values():
-                stages = ArmStages(self.backends, plan.name, state.fingerprint, plan)
+                stages = ArmStages(self.backends, plan.name, state.key, plan)
                 degraded += await orchestrator.touch(stages, plan_of(plan), batch, 10, self.budgets(plan))
             if not degraded and n > 1:
                 return n
@@ -200,7 +212,7 @@ class RecommendService:
         if self.cfg.history.backend == "off":
             return None
         cached = self._off
-        if cached is not None and cached[0] > time.monotonic() and cached[1] == state.fingerprint:
+        if cached is not None and cached[0] > time.monotonic() and cached[1] == (state.fingerprint, len(state.maps.item_ids)):
             return cached[2]
         try:
             ids = await asyncio.wait_for(self.backends.unavailable(), self.cfg.history.budget_ms / 1e3)
@@ -208,8 +220,57 @@ class RecommendService:
             log.warning("unavailable items not read: %s: %s", type(err).__name__, err)
             return cached[2] if cached is not None else None
         dense = np.array(sorted(state.maps.item_index[i] for i in ids if i in state.maps.item_index), np.int64)
-        self._off = (time.monotonic() + self.cfg.history.catalog_ttl_s, state.fingerprint, dense)
+        self._off = (time.monotonic() + self.cfg.history.catalog_ttl_s, (state.fingerprint, len(state.maps.item_ids)), dense)
         return dense
+
+    async def _catalog(self, state: IngressState, force: bool = False) -> None:
+        """Read the live catalog's new records (at most every catalog_ttl_s unless `force`); a
+        store that fails leaves the items read before."""
+        if self.cfg.history.backend == "off":
+            return
+        if not force and state.live_checked + self.cfg.history.catalog_ttl_s > time.monotonic() and state.live_checked:
+            return
+        start = len(state.live_records)
+        try:
+            fresh = await asyncio.wait_for(self.backends.live_items(start), self.cfg.history.budget_ms / 1e3)
+        except Exception as err:
+            log.warning("live catalog not read: %s: %s", type(err).__name__, err)
+            return
+        state.live_checked = time.monotonic()
+        if fresh:
+            state.add_live(start, list(fresh))
+
+    async def add_items(self, body: ItemsRequest) -> ItemsResponse:
+        """Store item records; new ids are served from the next request, known ones are made
+        available again (their content waits for the next training)."""
+        state = self.current()
+        if self.cfg.history.backend == "off":
+            raise BadRequest(404, "this server keeps no live catalog (history.backend: off in its serving config)")
+        now = int(time.time())
+        records = [record_of(i.item_id, i.model_dump(exclude={"item_id"}), now) for i in body.items]
+        limit = self.cfg.history.timeout_ms / 1e3 + 1.0
+        try:
+            await self._catalog(state, force=True)
+            if len(state.live_records) + len(records) > self.cfg.history.max_live_items:
+                raise BadRequest(409, f"the live catalog holds {len(state.live_records)} records and takes at most "
+                                      f"{self.cfg.history.max_live_items} (history.max_live_items) until the next training")
+            served = set(state.maps.item_index)
+            version = await asyncio.wait_for(self.backends.add_items(records), limit)
+            ids = list(dict.fromkeys(r["item_id"] for r in records))
+            updated = [i for i in ids if i in served]
+            off = await asyncio.wait_for(self.backends.unavailable(), limit)
+            if off.intersection(ids):
+                await asyncio.wait_for(self.backends.set_available(sorted(off.intersection(ids)), True), limit)
+        except BadRequest:
+            raise
+        except Exception as err:  # never acknowledged: the client retries (a repeated record changes nothing served)
+            log.warning("live catalog refused %d items: %s: %s", len(records), type(err).__name__, err)
+            raise BadRequest(503, "the history store is unavailable; retry later", retry_after_s=1) from None
+        self._off = None
+        await self._catalog(state, force=True)
+        self.metrics.items.inc(len(records))
+        return ItemsResponse(accepted=len(records), added=[i for i in ids if i not in served], updated=updated,
+                             version=int(version))
 
     async def set_available(self, item_id: str, available: bool) -> ItemState:
         """Take an item out of every list (or put it back) from the next request on."""
@@ -285,9 +346,11 @@ class RecommendService:
         self, req: RecommendRequest, res: Resolved, state: IngressState, plan: ArmPlan, out: StageResult, fallback: bool,
     ) -> RecommendResponse:
         final = out.final[0]
-        items = final.items[: req.k].astype(np.int64)
-        scores = [float(s) if np.isfinite(s) else None for s in final.scores[: req.k]]
-        reasons = [list(r) for r in (final.reasons or [[] for _ in range(len(items))])[: req.k]]
+        known = np.flatnonzero(final.items[: req.k] < len(state.maps.item_ids))  # a stage ahead of this replica's catalog
+        items = final.items[known].astype(np.int64)
+        scores = [float(final.scores[j]) if np.isfinite(final.scores[j]) else None for j in known]
+        given = final.reasons or [()] * len(final.items)
+        reasons = [list(given[j]) for j in known]
         ids = state.maps.item_ids[items].tolist()
         answer = RecommendResponse(
             request_id=uuid.uuid4().hex, user_id=req.user_id, known_user=res.user is not None, arm=plan.name,

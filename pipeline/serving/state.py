@@ -8,13 +8,14 @@ cascade runs on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pipeline.protocols import Channel
 from pipeline.serving.ab import ArmTable
 from pipeline.serving.api import ChannelInfo, ChannelsResponse, RecommendRequest
+from pipeline.serving.catalog import LiveItems, StageKey, first_records
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.eventlog import EventLog
 from pipeline.serving.runview import Histories, IdMaps, RunView
@@ -45,6 +46,29 @@ class IngressState:
     info: ChannelsResponse
     served_log: EventLog | None = None
     feedback_log: EventLog | None = None
+    live_records: list[dict] = field(default_factory=list)  # the live catalog's records read so far (catalog.py)
+    live_checked: float = 0.0  # time.monotonic() of the last read
+    key: StageKey | str = ""  # what stage calls carry: the fingerprint, and the live items once there are any
+
+    def __post_init__(self) -> None:
+        self.n_trained = len(self.maps.item_ids)  # dense ids from here on are live items: never in a model sequence
+        self.key = self.key or self.fingerprint
+
+    def add_live(self, start: int, records: list[dict]) -> list[str]:
+        """Records read from the store from position `start` on: new ids join the id maps (dense
+        ids in order of their first record). Returns the ids added; records already held are skipped."""
+        fresh = records[max(len(self.live_records) - start, 0):] if start <= len(self.live_records) else []
+        if not fresh:
+            return []
+        added = [r["item_id"] for r in first_records(self.maps.item_index, fresh)]
+        self.live_records = self.live_records + fresh
+        if added:
+            index = dict(self.maps.item_index)
+            index.update((item, len(index) + j) for j, item in enumerate(added))
+            self.maps = replace(self.maps, item_index=index,
+                                item_ids=np.concatenate([self.maps.item_ids.astype(object), np.array(added, dtype=object)]))
+        self.key = StageKey(self.fingerprint, LiveItems(len(self.live_records), tuple(self.live_records)))
+        return added
 
     @classmethod
     def build(cls, view: RunView, cfg: ServeConfig, with_logs: bool = True) -> "IngressState":
@@ -98,10 +122,11 @@ def resolve(req: RecommendRequest, state: IngressState, now: int | None = None,
     recent = np.array([d for d in sent if d is not None], np.int64)
     items = np.concatenate([items, recent])
     times = np.concatenate([times, np.full(len(recent), now, np.int64)])
-    # the model sees the last max_history items; every item stays in the seen set
-    batch = RequestBatch.from_sequences([user], [items], [times], max_len=state.max_history, now=[now],
+    # the model sees the last max_history trained items; every item (live ones too) stays in the seen set
+    trained = items < state.n_trained
+    batch = RequestBatch.from_sequences([user], [items[trained]], [times[trained]], max_len=state.max_history, now=[now],
                                         contexts=[dict(req.context)])
-    if exclude is not None and len(exclude):
-        seen = np.concatenate([items, exclude]).astype(np.int64)
+    if (exclude is not None and len(exclude)) or not trained.all():
+        seen = np.concatenate([items, exclude if exclude is not None else np.zeros(0, np.int64)]).astype(np.int64)
         batch = replace(batch, seen_items=seen, seen_offsets=np.array([0, len(seen)], np.int64))
     return Resolved(batch, user, ignored)
