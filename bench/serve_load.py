@@ -140,20 +140,21 @@ def _running_replicas(app_name: str, deployment: str) -> int:
     return int(status.replica_states.get("RUNNING", 0))
 
 
-def kill_drill(url: str, rate: float, bodies: list, app_name: str) -> dict[str, Any]:
-    """Kill one of the two item2item replicas 5 s into a 30 s phase; a watcher thread times how
-    long Serve takes to have two running replicas again."""
+def kill_drill(url: str, rate: float, bodies: list, app_name: str, deployment: str = "channel-item2item",
+               replicas: int = 2) -> dict[str, Any]:
+    """Kill one of the `replicas` replicas of `deployment` 5 s into a 30 s phase; a watcher thread
+    times how long Serve takes to have that many running again."""
     import ray
 
-    before = set(_replicas(app_name, "channel-item2item"))
+    before = set(_replicas(app_name, deployment))
     victim = sorted(before)[0]
     times: dict[str, float] = {}
 
     def watch() -> None:
         deadline = time.time() + 120
         while time.time() < deadline:
-            now = set(_replicas(app_name, "channel-item2item"))
-            if now - before and victim not in now and _running_replicas(app_name, "channel-item2item") >= 2:
+            now = set(_replicas(app_name, deployment))
+            if now - before and victim not in now and _running_replicas(app_name, deployment) >= replicas:
                 times["back"] = time.time()
                 return
             time.sleep(0.25)
@@ -167,9 +168,9 @@ def kill_drill(url: str, rate: float, bodies: list, app_name: str) -> dict[str, 
     deadline = time.time() + 90
     while "back" not in times and time.time() < deadline:
         time.sleep(0.5)
-    out.update(killed=victim, replicas_after=_running_replicas(app_name, "channel-item2item"),
+    out.update(killed=victim, replicas_after=_running_replicas(app_name, deployment),
                recovered_after_s=round(times["back"] - times["killed"], 1) if "back" in times else None,
-               replaced=victim not in _replicas(app_name, "channel-item2item"))
+               replaced=victim not in _replicas(app_name, deployment))
     return out
 
 

@@ -29,6 +29,16 @@ def record(section: str, key: str, entry: dict[str, Any]) -> None:
         atomic_write_json(SUMMARY, data)
 
 
+def remove(section: str, keys: list[str]) -> None:
+    """Delete summary[section][key] for each key (under the same lock as `record`)."""
+    with open(RESULTS / ".summary.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = json.loads(SUMMARY.read_text())
+        for key in keys:
+            data.get(section, {}).pop(key, None)
+        atomic_write_json(SUMMARY, data)
+
+
 def normalized(section: str, entry: dict[str, Any]) -> dict[str, Any]:
     """The entry with `seeds` and the seed spreads filled in where a one-split run left them out."""
     if section == "speed" or "R@10" not in entry:
@@ -52,15 +62,16 @@ def normalize_file() -> int:
     return changed
 
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="bench/results/summary.json")
-    ap.add_argument("--normalize", action="store_true", help="fill seeds / R@10_std / N@10_std of one-split entries")
-    if ap.parse_args().normalize:
-        print(f"{normalize_file()} entries normalized")
-
 
 def quality_entry(metrics: dict[str, float], command: str, seconds: float, **extra: Any) -> dict[str, Any]:
     entry = {k: round(float(metrics[k]), 4) for k in QUALITY_KEYS if k in metrics}
     entry.update({k: round(float(v), 4) for k, v in metrics.items() if k.startswith(("R@", "HR@")) and k not in entry})
     entry.update(command=command, seconds=round(seconds, 1), **extra)
     return entry
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="bench/results/summary.json")
+    ap.add_argument("--normalize", action="store_true", help="fill seeds / R@10_std / N@10_std of one-split entries")
+    if ap.parse_args().normalize:
+        print(f"{normalize_file()} entries normalized")
