@@ -25,9 +25,6 @@ import pandas as pd
 
 from pipeline.data.dataset import category_of
 
-CONTENT = ("title", "categories", "category", "brand", "price", "created_at")
-
-
 @dataclass(frozen=True)
 class LiveItems:
     """The first `version` item records of the store. Between Ray replicas the records travel as

@@ -139,7 +139,23 @@ def _group(arms: list[str]) -> dict[str, list[int]]:
     return out
 
 
-class RankerComponent:
+class _PerArm:
+    """What the ranker and re-ranker components share: one stage per distinct arm setting
+    (`by_arm`), kept in step with the live catalog the calls carry."""
+
+    by_arm: dict[str, Any]
+    fingerprint: str
+    live: LiveSync
+
+    def distinct(self) -> list[Any]:
+        return list({id(stage): stage for stage in self.by_arm.values()}.values())
+
+    async def sync(self, runs: list | None) -> None:
+        """Catch up with the newest live catalog a batch of calls carries."""
+        await self.live.sync(_newest(self.fingerprint, runs))
+
+
+class RankerComponent(_PerArm):
     """One ranker per distinct arm setting; scores many single-request pools in one call per arm."""
 
     def __init__(self, view: RunView, cfg: ServeConfig, threads: int = 1) -> None:
@@ -151,13 +167,9 @@ class RankerComponent:
         set_threads(threads)
 
     def _add_items(self, frame: pd.DataFrame, new_ids: list[str]) -> None:
-        for ranker in {id(r): r for r in self.by_arm.values()}.values():
+        for ranker in self.distinct():
             if callable(getattr(ranker, "add_items", None)):
                 ranker.add_items(frame)
-
-    async def sync(self, runs: list | None) -> None:
-        """Catch up with the newest live catalog a batch of calls carries."""
-        await self.live.sync(_newest(self.fingerprint, runs))
 
     def score_many(
         self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], runs: list[str | None] | None = None
@@ -173,7 +185,7 @@ class RankerComponent:
         return out
 
 
-class RerankComponent:
+class RerankComponent(_PerArm):
     def __init__(self, view: RunView, cfg: ServeConfig, threads: int = 1) -> None:
         configs = ArmTable(cfg.experiment, view.config, view.channel_configs()).stage_configs("rerank")
         built = {key: view.build_reranker(c) for key, c in {_key(c): c for c in configs.values()}.items()}
@@ -192,11 +204,8 @@ class RerankComponent:
             vectors = np.concatenate([vectors, np.zeros((len(frame), vectors.shape[1]), vectors.dtype)])
         ids = np.concatenate([ids.astype(object), np.array(new_ids, dtype=object)])  # fixed-width str would cut them
         self._table = (items, vectors, ids)
-        for reranker in {id(r): r for r in self.by_arm.values()}.values():
+        for reranker in self.distinct():
             bind_items(reranker, items, vectors, ids)
-
-    async def sync(self, runs: list | None) -> None:
-        await self.live.sync(_newest(self.fingerprint, runs))
 
     def rerank_many(
         self, arms: list[str], batches: list[RequestBatch], pools: list[CandidateSet], ks: list[int],

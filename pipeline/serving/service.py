@@ -228,7 +228,7 @@ class RecommendService:
         store that fails leaves the items read before."""
         if self.cfg.history.backend == "off":
             return
-        if not force and state.live_checked + self.cfg.history.catalog_ttl_s > time.monotonic() and state.live_checked:
+        if not force and state.live_checked and time.monotonic() < state.live_checked + self.cfg.history.catalog_ttl_s:
             return
         start = len(state.live_records)
         try:

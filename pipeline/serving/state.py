@@ -57,7 +57,10 @@ class IngressState:
     def add_live(self, start: int, records: list[dict]) -> list[str]:
         """Records read from the store from position `start` on: new ids join the id maps (dense
         ids in order of their first record). Returns the ids added; records already held are skipped."""
-        fresh = records[max(len(self.live_records) - start, 0):] if start <= len(self.live_records) else []
+        held = len(self.live_records)
+        if start > held:  # a gap: those records are read again from `held` on the next call
+            return []
+        fresh = records[held - start:]
         if not fresh:
             return []
         added = [r["item_id"] for r in first_records(self.maps.item_index, fresh)]
