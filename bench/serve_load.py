@@ -60,9 +60,11 @@ def _bodies(run: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-async def _load(url: str, rate: float, seconds: float, bodies: list[dict[str, Any]],
+async def _load(url: str | list[str], rate: float, seconds: float, bodies: list[dict[str, Any]],
                 at: dict[float, Callable[[], None]] | None = None) -> list[dict[str, Any]]:
-    """Open loop: request i leaves at t0 + i / rate; returns one record per request."""
+    """Open loop: request i leaves at t0 + i / rate; returns one record per request. Several
+    URLs (direct-ingress replicas): round robin, as a load balancer in front of them would."""
+    urls = [url] if isinstance(url, str) else list(url)
     n = int(rate * seconds)
     results: list[dict[str, Any]] = []
     timeout = aiohttp.ClientTimeout(total=10)
@@ -72,7 +74,7 @@ async def _load(url: str, rate: float, seconds: float, bodies: list[dict[str, An
             t = time.perf_counter()
             rec: dict[str, Any] = {"t": t - t0}
             try:
-                async with session.post(f"{url}/recommend", json=bodies[i % len(bodies)]) as r:
+                async with session.post(f"{urls[i % len(urls)]}/recommend", json=bodies[i % len(bodies)]) as r:
                     rec["status"] = r.status
                     text = await r.text()
                     if r.status != 200:
@@ -117,7 +119,7 @@ def _summary(results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     }
 
 
-def run_phase(url: str, rate: float, seconds: float, bodies: list[dict[str, Any]], at: dict | None = None) -> dict[str, Any]:
+def run_phase(url: str | list[str], rate: float, seconds: float, bodies: list[dict[str, Any]], at: dict | None = None) -> dict[str, Any]:
     results = asyncio.run(_load(url, rate, seconds, bodies, at))
     out = _summary(results, seconds)
     out.update(rate=rate, seconds=seconds)

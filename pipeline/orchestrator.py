@@ -139,8 +139,10 @@ class _Run:
         if need.any() and self.fallback is not None:
             t = time.perf_counter()
             part = self.from_fallback(batch.take(np.flatnonzero(need)), self.plan.pool.budget)
-            if part is not None:
-                outputs[self.fallback.name] = _scatter(part, np.flatnonzero(need), n)
+            if part is not None:  # the fallback may also be a channel that answered the other rows
+                part = _scatter(part, np.flatnonzero(need), n)
+                name = self.fallback.name
+                outputs[name] = _overlay(outputs[name], part, need) if name in outputs else part
             self.timings[f"channel.{self.fallback.name}"] = (time.perf_counter() - t) * 1e3
         return outputs, need if self.fallback is not None else np.zeros(n, bool)
 
@@ -253,6 +255,24 @@ def _scatter(part: Retrieved, rows: np.ndarray, n_rows: int) -> Retrieved:
         failed = np.zeros(n_rows, bool)
         failed[rows] = part.failed
     return Retrieved(items, scores, failed)
+
+
+def _overlay(base: Retrieved, top: Retrieved, rows: np.ndarray) -> Retrieved:
+    """`base` with the rows where `rows` (bool [B]) is set taken from `top` (widths padded to the wider)."""
+    width = max(base.items.shape[1], top.items.shape[1])
+
+    def wide(out: Retrieved) -> tuple[np.ndarray, np.ndarray]:
+        extra = width - out.items.shape[1]
+        return (np.pad(out.items, ((0, 0), (0, extra)), constant_values=PAD),
+                np.pad(out.scores, ((0, 0), (0, extra)), constant_values=-np.inf))
+
+    (items, scores), (top_items, top_scores) = wide(base), wide(top)
+    items[rows], scores[rows] = top_items[rows], top_scores[rows]
+    failed = None
+    if base.failed is not None or top.failed is not None:
+        failed = base.failed.copy() if base.failed is not None else np.zeros(len(rows), bool)
+        failed[rows] = top.failed[rows] if top.failed is not None else False
+    return Retrieved(items, scores.astype(np.float32), failed)
 
 
 def _append(final: CandidateSet, items: np.ndarray, reason: str) -> CandidateSet:

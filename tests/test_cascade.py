@@ -78,6 +78,20 @@ def test_anonymous_rows_are_answered_by_the_fallback_alone():
     assert personal.calls == [1, 1] and len(known.items) == 2
 
 
+def test_a_batch_with_anonymous_rows_answers_every_row_as_it_would_alone():
+    """The fallback is also a configured channel (the popularity object): its answer for the
+    anonymous rows must not replace the channel's answer for the other rows of the batch."""
+    cascade = _cascade()
+    histories, users = [[0, 1], [], [2], []], [0, -1, 1, -1]
+    batch = batch_of(histories, now=[50 * DAY] * 4, users=users)
+    together = cascade.run(batch, 4)
+    for r in range(4):
+        alone = cascade.run(batch.take(np.array([r])), 4)
+        assert together.final[r].items.tolist() == alone.final[0].items.tolist(), r
+        assert together.pools[r].items.tolist() == alone.pools[0].items.tolist(), r
+    assert all("channel:popularity" in r for r in together.final[0].reasons[:1])
+
+
 def test_a_failing_fallback_gives_empty_lists_not_an_error():
     broken_fallback = Broken()
     broken_fallback.name = "fallback"

@@ -91,7 +91,7 @@ def test_wheel_holds_the_default_configs(wheel):
     import zipfile
 
     names = set(zipfile.ZipFile(wheel).namelist())
-    for cfg in ("configs/quickstart.yaml", "configs/serving.yaml"):
+    for cfg in ("configs/quickstart.yaml", "configs/serving.yaml", "configs/serving-throughput.yaml"):
         assert cfg in names
     assert "pipeline/cli.py" in names and "channels/cobra/channel.py" in names
 

@@ -12,7 +12,7 @@ from pipeline.serving.abreport import format_report, load_feedback, load_served,
 from pipeline.serving.config import parse_serve_config
 from pipeline.serving.replay import replay
 from pipeline.serving.runview import RunView
-from tests.test_serving_support import StubRecall, free_port, tiny_run
+from tests.test_serving_support import StubRecall, free_port, in_process_cascades, tiny_run
 
 pytest.importorskip("ray.serve")
 
@@ -185,7 +185,6 @@ def test_served_lists_equal_the_in_process_cascade_for_200_requests(served):
     requests, both arms)."""
     import numpy as np
 
-    from pipeline.cascade import Cascade
     from pipeline.serving.api import RecommendRequest
     from pipeline.serving.history import LocalStore
     from pipeline.serving.service import IngressState, resolve
@@ -193,13 +192,7 @@ def test_served_lists_equal_the_in_process_cascade_for_200_requests(served):
     view_cfg = parse_serve_config(served["raw"])
     view = RunView.open(served["run"], view_cfg.extra_channels)
     state = IngressState.build(view, view_cfg, with_logs=False)
-    channels = {n: view.load_channel(n) for n in view.channel_configs()}
-    cascades = {
-        name: Cascade([channels[c] for c in plan.channels], plan.quotas, ranker=view.build_ranker(plan.ranker),
-                      reranker=view.build_reranker(plan.rerank), budget=plan.budget, exclude_seen=plan.exclude_seen,
-                      max_history=state.max_history, fallback=state.fallback)
-        for name, plan in state.arms.plans.items()
-    }
+    cascades = in_process_cascades(view, state)
     users, items = view.dataset.user_ids, view.dataset.item_ids
     rng = np.random.default_rng(3)
     failing = {str(u) for u in users[::2]}

@@ -25,6 +25,19 @@ def tiny_run(path: Path) -> Path:
     return train(parse_config(TINY), run_dir=path)
 
 
+def in_process_cascades(view, state) -> dict:
+    """arm -> the in-process `Cascade` that serves it (the reference a served list must equal)."""
+    from pipeline.cascade import Cascade
+
+    channels = {n: view.load_channel(n) for n in view.channel_configs()}
+    return {
+        name: Cascade([channels[c] for c in plan.channels], plan.quotas, ranker=view.build_ranker(plan.ranker),
+                      reranker=view.build_reranker(plan.rerank), budget=plan.budget, exclude_seen=plan.exclude_seen,
+                      max_history=state.max_history, fallback=state.fallback)
+        for name, plan in state.arms.plans.items()
+    }
+
+
 def free_port() -> int:
     """A port for a server that must be told it in advance (see pipeline.quickstart.free_port)."""
     from pipeline.quickstart import free_port as pick

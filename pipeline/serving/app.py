@@ -1,6 +1,7 @@
 """Build the Ray Serve application from a run folder and a `ServeConfig`; start, update, stop it.
 
     app = build_app("runs/quickstart-...", cfg)      # one deployment per channel, ranker, re-ranker, ingress
+                                                      # (topology: fused: the ingress holds every stage)
     url = start(run, cfg)                             # local Ray node (or cfg.ray.address), HTTP on 127.0.0.1
     update(new_run, cfg)                              # rolling update of the running app to new artifacts
     stop()
@@ -30,7 +31,8 @@ from pipeline.config import ConfigError
 from pipeline.resources import SERVING_CONFIG
 from pipeline.serving.config import DeploymentConfig, ServeConfig, load_serve_config
 from pipeline.serving.deployments import (
-    ChannelDeployment, ChannelGroupDeployment, HistoryDeployment, Ingress, RankerDeployment, RerankDeployment,
+    ChannelDeployment, ChannelGroupDeployment, FusedIngress, HistoryDeployment, Ingress, RankerDeployment,
+    RerankDeployment,
 )
 from pipeline.serving.runview import RunView
 
@@ -118,6 +120,12 @@ def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = Non
     def opts(d: DeploymentConfig, name: str, **user: Any) -> dict[str, Any]:
         return _options(d, cfg, name, user_config=run | user)
 
+    history = None
+    if cfg.history_deployment:
+        history = _versioned(HistoryDeployment.options(**opts(cfg.history, "history")), version).bind(raw)
+    if cfg.topology == "fused":  # a fused ingress on Redis opens the store itself
+        faults = {n: cfg.channel(n).fault.model_dump() for n in view.channel_configs()}
+        return _versioned(FusedIngress.options(**opts(cfg.ingress, "ingress", faults=faults)), version).bind(raw, history)
     groups = cfg.groups_of(tuple(view.channel_configs()))
     group_of = {name: group for group, names in groups.items() for name in names}
     channels = {
@@ -133,9 +141,6 @@ def build_app(run_path: str | Path, cfg: ServeConfig, view: RunView | None = Non
     }
     ranker = _versioned(RankerDeployment.options(**opts(cfg.ranker, "ranker")), version).bind(raw)
     reranker = _versioned(RerankDeployment.options(**opts(cfg.reranker, "reranker")), version).bind(raw)
-    history = None
-    if cfg.history.backend != "off":
-        history = _versioned(HistoryDeployment.options(**opts(cfg.history, "history")), version).bind(raw)
     ingress = _versioned(Ingress.options(**opts(cfg.ingress, "ingress")), version)
     return ingress.bind(raw, channels, ranker, reranker, history, group_apps, group_of)
 
@@ -165,10 +170,38 @@ def app(args: AppArgs | dict[str, Any]) -> Application:
     return build_app(args.run, cfg, pin_versions=False)
 
 
+DIRECT_PORTS = 64  # ports tried per direct-ingress range
+_DIRECT_ENV: dict[str, str | None] = {}  # what init_ray_env set for direct ingress, and the values before
+
+
+def _restore_direct_env() -> None:
+    """Undo what init_ray_env set for direct ingress (the next node this process starts, or a
+    `serve` command it runs, gets Serve's defaults)."""
+    for key, before in _DIRECT_ENV.items():
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+    _DIRECT_ENV.clear()
+
+
 def init_ray_env(cfg: ServeConfig) -> None:
     """Replicas import the project and see the serving config's environment."""
     for key, value in {**LOCAL_ENV, **cfg.ray.env}.items():
         os.environ.setdefault(key, value)
+    _restore_direct_env()
+    if cfg.http.direct_ingress:  # read by the Serve controller and replicas a local node starts
+        first = cfg.http.direct_port_from
+        settings = {
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first), "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + DIRECT_PORTS),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(first + DIRECT_PORTS + 1),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(first + 2 * DIRECT_PORTS + 1),
+            # Serve keeps a draining direct replica up 30 s for outside load balancers to notice
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(max(cfg.shutdown.graceful_wait_s, 0.5)),
+        }
+        _DIRECT_ENV.update({key: os.environ.get(key) for key in settings})
+        os.environ.update(settings)
     paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
@@ -188,19 +221,45 @@ def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
     )
 
 
+def direct_urls(cfg: ServeConfig, timeout_s: float = 60.0, replicas: int | None = None) -> list[str]:
+    """The base URLs of the ingress replicas' own HTTP servers (direct ingress), found by asking
+    /healthz on the configured port range; waits until `replicas` (default: the ingress's) answer."""
+    import requests
+
+    want = replicas or (cfg.ingress.autoscaling.min_replicas if cfg.ingress.autoscaling else cfg.ingress.replicas)
+    first = cfg.http.direct_port_from
+    deadline = time.time() + timeout_s
+    while True:
+        found = []
+        for port in range(first, first + DIRECT_PORTS):
+            url = f"http://{cfg.http.host}:{port}"
+            try:
+                if requests.get(f"{url}/healthz", timeout=0.5).status_code == 200:
+                    found.append(url)
+            except requests.RequestException:
+                continue
+        if len(found) >= want or time.time() > deadline:
+            if not found:
+                raise RuntimeError(f"no ingress replica answers on ports {first}-{first + DIRECT_PORTS - 1}; "
+                                   "is http.direct_ingress on and the app running on a local node?")
+            return found
+        time.sleep(0.5)
+
+
 def cpu_demand(cfg: ServeConfig, channels: Iterable[str]) -> dict[str, float]:
     """CPUs each deployment reserves at start (replicas, or autoscaling's min_replicas, x num_cpus)."""
     def need(d: DeploymentConfig) -> float:
         return (d.autoscaling.min_replicas if d.autoscaling is not None else d.replicas) * d.num_cpus
 
-    channels = tuple(channels)
+    channels = tuple(channels) if cfg.topology == "split" else ()  # fused: every stage inside the ingress
     groups = cfg.groups_of(channels)
     grouped = {n for names in groups.values() for n in names}
     demand = {f"channel-{name}": need(cfg.channel(name)) for name in channels if name not in grouped}
     demand.update({f"channels-{group}": need(cfg.channel_groups[group]) for group in groups})
-    for name, d in (("ranker", cfg.ranker), ("reranker", cfg.reranker), ("ingress", cfg.ingress)):
+    stages = (("ranker", cfg.ranker), ("reranker", cfg.reranker)) if cfg.topology == "split" else ()
+    for name, d in (*stages, ("ingress", cfg.ingress)):
         demand[name] = need(d)
-    if cfg.history.backend != "off":
+    if cfg.history_deployment:
         demand["history"] = need(cfg.history)
     return demand
 
@@ -256,6 +315,8 @@ def stop(shutdown_ray: bool = True) -> None:
     finally:
         if shutdown_ray and ray.is_initialized():
             ray.shutdown()
+        if shutdown_ray:
+            _restore_direct_env()
 
 
 def serve_forever(run_path: str | Path, cfg: ServeConfig, log_to_driver: bool = True) -> None:
@@ -263,6 +324,8 @@ def serve_forever(run_path: str | Path, cfg: ServeConfig, log_to_driver: bool = 
     (cfg.ray.address set) the app is detached: deploy, print, return; `serve shutdown` removes it."""
     url = start(run_path, cfg, log_to_driver)
     print(f"serving {run_path} at {url}  (POST /recommend, GET /healthz /channels /metrics /docs)")
+    if cfg.http.direct_ingress and not cfg.ray.address:
+        print("ingress replicas answer directly (no proxy hop; balance over them): " + " ".join(direct_urls(cfg)))
     if cfg.ray.address:
         print("deployed on the cluster (detached); remove it with `serve shutdown -a <dashboard address>`")
         return

@@ -21,7 +21,7 @@ from pipeline.config import StageConfig
 from pipeline.serving.ab import ArmTable
 from pipeline.serving.catalog import LiveItems, LiveSync, split_key
 from pipeline.serving.config import ServeConfig
-from pipeline.serving.history import Event, open_store
+from pipeline.serving.history import AsyncStore, open_store
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import StaleRun
 from pipeline.types import CandidateSet, RequestBatch, Retrieved
@@ -223,36 +223,14 @@ class RerankComponent(_PerArm):
         return out
 
 
-class LocalBackends:
+class LocalBackends(AsyncStore):
     """Every stage in this process: tests, and debugging the ingress logic without a cluster."""
 
     def __init__(self, view: RunView, cfg: ServeConfig) -> None:
+        super().__init__(open_store(cfg.history, view.path))
         self.channels = {name: ChannelComponent(view, name) for name in view.channel_configs()}
         self.ranker = RankerComponent(view, cfg)
         self.reranker = RerankComponent(view, cfg)
-        self.store = open_store(cfg.history, view.path)
-
-    async def history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
-        return self.store.recent(user_id, limit)
-
-    async def add_events(self, events: list[Event]) -> tuple[int, int]:
-        return self.store.add(events)
-
-    async def unavailable(self) -> set[str]:
-        return self.store.unavailable()
-
-    async def set_available(self, item_ids: list[str], available: bool) -> None:
-        self.store.set_available(item_ids, available)
-
-    async def add_items(self, records: list[dict]) -> int:
-        return self.store.add_items(records)
-
-    async def live_items(self, start: int) -> list[dict]:
-        return self.store.items(start)
-
-    def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
 
     async def retrieve(self, channel: str, batch: RequestBatch, k: int, run: str | None = None) -> Retrieved:
         return await self.channels[channel].aretrieve(batch, k, run)

@@ -18,6 +18,12 @@ from pipeline.config import (
 class HttpConfig(Strict):
     host: str = "127.0.0.1"  # loopback by default; 0.0.0.0 only behind your own network controls
     port: int = Field(8000, ge=1, le=65535)
+    # Serve's direct ingress: each ingress replica also answers HTTP on its own port (from
+    # direct_port_from up, on `host`), without the proxy hop; a load balancer in front spreads
+    # the traffic (`app.direct_urls` lists the ports). Local node only: on a cluster set
+    # RAY_SERVE_ENABLE_DIRECT_INGRESS=1 for `ray start`. `port` (the proxy) keeps answering.
+    direct_ingress: bool = False
+    direct_port_from: int = Field(30000, ge=1024, le=64000)
 
 
 class RayConfig(Strict):
@@ -123,6 +129,7 @@ class ChannelGroupConfig(DeploymentConfig):
 
 class IngressConfig(DeploymentConfig):
     max_ongoing_requests: int = Field(64, ge=1, le=10000)
+    max_batch_size: int = Field(32, ge=1, le=1024)  # fused topology: requests computed together at most
 
 
 class ArmConfig(Strict):
@@ -162,6 +169,9 @@ class ShutdownConfig(Strict):
 
 
 class ServeConfig(Strict):
+    # split: one deployment per channel, ranker and re-ranker (per-stage replicas, budgets, drills);
+    # fused: every stage inside each ingress replica, concurrent requests batched (pipeline/serving/fused.py)
+    topology: Literal["split", "fused"] = "split"
     http: HttpConfig = HttpConfig()
     ray: RayConfig = RayConfig()
     limits: Limits = Limits()
@@ -177,6 +187,11 @@ class ServeConfig(Strict):
     logging: LogConfig = LogConfig()
     shutdown: ShutdownConfig = ShutdownConfig()
 
+    @property
+    def history_deployment(self) -> bool:
+        """Whether the app runs a `history` deployment (a fused ingress on Redis opens the store itself)."""
+        return self.history.backend != "off" and not (self.topology == "fused" and self.history.backend == "redis")
+
     def channel(self, name: str) -> ChannelDeploymentConfig:
         return self.channels.get(name, self.channel_defaults)
 
@@ -184,6 +199,13 @@ class ServeConfig(Strict):
         """group -> its channels that `served` holds (groups left empty are dropped)."""
         out = {g: [c for c in cfg.channels if c in served] for g, cfg in self.channel_groups.items()}
         return {g: names for g, names in out.items() if names}
+
+    @model_validator(mode="after")
+    def _fused_has_no_groups(self) -> "ServeConfig":
+        if self.topology == "fused" and self.channel_groups:
+            raise ValueError("channel_groups: the fused topology already runs every channel in the ingress; "
+                             "remove channel_groups or use topology: split")
+        return self
 
     @model_validator(mode="after")
     def _groups_disjoint(self) -> "ServeConfig":

@@ -1,5 +1,10 @@
 """Ray Serve deployments: thin adapters around the plain components.
 
+Two topologies (`topology` in the serving config): split, one deployment per channel (or channel
+group), ranker, re-ranker and the live-history store, the ingress calling them through handles;
+fused, one `FusedIngress` deployment holding every stage (pipeline/serving/fused.py), plus the
+history deployment for a local store (a Redis store is opened by each ingress replica).
+
 Constructors get the serving config as plain data (the ingress also gets handles to the others);
 the run folder arrives in `user_config` ({"run", "stamp", "fault"}), and `reconfigure` builds the
 component from it (nothing fitted is pickled). A new run is therefore an in-place update: each
@@ -8,6 +13,7 @@ replica loads it in a worker thread while answering from the old one, then swaps
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from typing import Any
@@ -20,7 +26,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from pipeline.serving.catalog import LiveItems, StageKey, split_key
 from pipeline.serving.components import ChannelComponent, Fault, RankerComponent, RerankComponent
 from pipeline.serving.config import ServeConfig
-from pipeline.serving.history import Event, open_store
+from pipeline.serving.fused import FusedService, InProcessStages
+from pipeline.serving.history import AsyncStore, Event, open_store
 from pipeline.serving.routes import create_app
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import IngressState, RecommendService
@@ -141,33 +148,29 @@ class HistoryDeployment:
 
     def __init__(self, serve_cfg: dict[str, Any]) -> None:
         self.cfg = ServeConfig.model_validate(serve_cfg)
-        self.store = None
+        self.store: AsyncStore | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         if self.store is None:
-            self.store = await asyncio.to_thread(open_store, self.cfg.history, user_config["run"])
+            self.store = AsyncStore(await asyncio.to_thread(open_store, self.cfg.history, user_config["run"]))
 
     async def recent(self, user_id: str, limit: int) -> list[tuple[int, str]]:
-        if self.cfg.history.backend == "local":  # in memory
-            return self.store.recent(user_id, limit)
-        return await asyncio.to_thread(self.store.recent, user_id, limit)
+        return await self.store.history(user_id, limit)
 
     async def add(self, events: list[Event]) -> tuple[int, int]:
-        return await asyncio.to_thread(self.store.add, events)  # fsync / network: off the event loop
+        return await self.store.add_events(events)
 
     async def unavailable(self) -> set[str]:
-        return await asyncio.to_thread(self.store.unavailable)
+        return await self.store.unavailable()
 
     async def set_available(self, item_ids: list[str], available: bool) -> None:
-        await asyncio.to_thread(self.store.set_available, item_ids, available)
+        await self.store.set_available(item_ids, available)
 
     async def add_items(self, records: list[dict]) -> int:
-        return await asyncio.to_thread(self.store.add_items, records)
+        return await self.store.add_items(records)
 
     async def items(self, start: int) -> list[dict]:
-        if self.cfg.history.backend == "local":  # in memory
-            return self.store.items(start)
-        return await asyncio.to_thread(self.store.items, start)
+        return await self.store.live_items(start)
 
     def __del__(self) -> None:
         if getattr(self, "store", None) is not None:
@@ -200,8 +203,8 @@ class HandleBackends:
         # (ray.env in the serving config): gRPC between deployments, or Ray object references
         grpc = os.environ.get("RAY_SERVE_USE_GRPC_BY_DEFAULT") == "1"
         self.channels = {name: _transport(h, grpc) for name, h in channels.items()}
-        self.ranker = _transport(ranker, grpc)
-        self.reranker = _transport(reranker, grpc)
+        self.ranker = _transport(ranker, grpc) if ranker is not None else None  # None: the fused topology
+        self.reranker = _transport(reranker, grpc) if reranker is not None else None
         self.store = history
         self.groups = {name: _transport(h, grpc) for name, h in (groups or {}).items()}
         self.group_of = dict(group_of or {})
@@ -249,28 +252,26 @@ class HandleBackends:
         return await _await(self.reranker.rerank.remote(arm, batch, pool, k, self._wire(run)))
 
 
-@serve.deployment
-@serve.ingress()
-class Ingress:
-    def __init__(
-        self, serve_cfg: dict[str, Any], channels: dict[str, DeploymentHandle], ranker: DeploymentHandle,
-        reranker: DeploymentHandle, history: DeploymentHandle | None = None,
-        groups: dict[str, DeploymentHandle] | None = None, group_of: dict[str, str] | None = None,
-    ) -> None:
-        self.cfg = ServeConfig.model_validate(serve_cfg)
-        backends = HandleBackends(channels, ranker, reranker, history, groups, group_of)
-        self.service = RecommendService(None, backends, self.cfg)
-        self.loaded: tuple[str, str] | None = None
+class _IngressBase:
+    """What both ingress deployments share: load a run in a worker thread and swap it in (first
+    start or rolling update; requests already running finish on the previous run's state), then
+    warm up; the HTTP app over the service."""
+
+    service: RecommendService
+    cfg: ServeConfig
+    loaded: tuple[str, str] | None = None
+
+    def _install(self, view: RunView) -> IngressState | None:
+        return self.service.swap(IngressState.build(view, self.cfg))
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load the run named in user_config (first start or rolling update) and swap it in;
-        requests already running finish on the previous run's state."""
         key = _run_key(user_config)
         if key == self.loaded:
             return
-        state = await asyncio.to_thread(lambda: IngressState.build(_view(key[0], self.cfg), self.cfg))
-        old = self.service.swap(state)
+        old = await asyncio.to_thread(lambda: self._install(_view(key[0], self.cfg)))
         self.loaded = key
+        gc.collect()
+        gc.freeze()  # the loaded run is long-lived: later collections skip it (no pauses that scan it)
         if old is not None:
             old.close()
             return
@@ -285,3 +286,42 @@ class Ingress:
     def __del__(self) -> None:
         if getattr(self, "service", None) is not None and self.service.state is not None:
             self.service.state.close()
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress(_IngressBase):
+    """The split topology's ingress: every stage is another deployment, called through handles."""
+
+    def __init__(
+        self, serve_cfg: dict[str, Any], channels: dict[str, DeploymentHandle], ranker: DeploymentHandle,
+        reranker: DeploymentHandle, history: DeploymentHandle | None = None,
+        groups: dict[str, DeploymentHandle] | None = None, group_of: dict[str, str] | None = None,
+    ) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        backends = HandleBackends(channels, ranker, reranker, history, groups, group_of)
+        self.service = RecommendService(None, backends, self.cfg)
+
+
+@serve.deployment
+@serve.ingress()
+class FusedIngress(_IngressBase):
+    """The fused topology's ingress (`pipeline.serving.fused`): every stage in this replica,
+    concurrent requests computed as one batch; only the history store is another deployment."""
+
+    def __init__(self, serve_cfg: dict[str, Any], history: DeploymentHandle | None = None) -> None:
+        self.cfg = ServeConfig.model_validate(serve_cfg)
+        if self.cfg.history.backend == "redis":  # every replica talks to Redis itself: no history hop
+            backends: Any = AsyncStore(open_store(self.cfg.history, ""))
+        else:  # the local folder has one owner, the history deployment
+            backends = HandleBackends({}, None, None, history)
+        self.service = FusedService(backends, self.cfg)
+
+    def _install(self, view: RunView) -> IngressState | None:
+        return self.service.install(IngressState.build(view, self.cfg), InProcessStages(view, self.cfg))
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await super().reconfigure(user_config)
+        faults = user_config.get("faults") or {}  # drills: applied in place, like the split channels'
+        for name, component in self.service.stages[id(self.service.state)].channels.items():
+            component.fault = Fault.of(faults.get(name))

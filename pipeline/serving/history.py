@@ -20,6 +20,7 @@ arrival order; pipeline/serving/catalog.py says how the stages serve them).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -277,3 +278,37 @@ def open_store(cfg, run_path: str | Path) -> HistoryStore | None:
     if cfg.backend == "redis":
         return RedisStore(cfg.redis_url, cfg.prefix, cfg.timeout_ms / 1e3)
     return LocalStore(cfg.dir or Path(run_path) / "serve_history", cfg.snapshot_every)
+
+
+class AsyncStore:
+    """A store behind async methods (the history half of `service.Backends`): network and fsync
+    calls run in a worker thread, reads of the in-memory local store run inline."""
+
+    def __init__(self, store: HistoryStore | None) -> None:
+        self.store = store  # None: history.backend off (the service never calls then)
+        self._inline = isinstance(store, LocalStore)
+
+    async def _read(self, fn, *args):
+        return fn(*args) if self._inline else await asyncio.to_thread(fn, *args)
+
+    async def history(self, user_id: str, limit: int) -> list[tuple[int, str]]:
+        return await self._read(self.store.recent, user_id, limit)
+
+    async def live_items(self, start: int) -> list[dict]:
+        return await self._read(self.store.items, start)
+
+    async def add_events(self, events: list[Event]) -> tuple[int, int]:
+        return await asyncio.to_thread(self.store.add, events)
+
+    async def unavailable(self) -> set[str]:
+        return await asyncio.to_thread(self.store.unavailable)
+
+    async def set_available(self, item_ids: list[str], available: bool) -> None:
+        await asyncio.to_thread(self.store.set_available, item_ids, available)
+
+    async def add_items(self, records: list[dict]) -> int:
+        return await asyncio.to_thread(self.store.add_items, records)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()

@@ -26,6 +26,8 @@ class Metrics:
         self.items = Counter("hybridrec_live_items", "Item records accepted by POST /items", registry=r)
         self.events = Counter("hybridrec_events", "Events sent to POST /events and /feedback, by outcome",
                               ["outcome"], registry=r)  # accepted | duplicate | unknown_item | refused
+        self.batch_rows = Histogram("hybridrec_batch_rows", "Requests computed together (fused topology)",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.log_dropped = Gauge("hybridrec_eventlog_dropped", "Log records dropped (queue full)", ["log"], registry=r)
 
     def observe_timings(self, timings_ms: dict[str, float]) -> None:
