@@ -124,13 +124,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--rate", type=float, default=20.0)
+    ap.add_argument("--config", default=str(SERVING), help="serving config YAML (its history is moved to the Redis started here)")
+    ap.add_argument("--tag", default="", help="suffix of the result files and records (a variant)")
     args = ap.parse_args(argv)
     command = "nice -n 5 python -m bench.serve_live " + " ".join(argv if argv is not None else sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="serve-live-"))
     run = train(load_config(CONFIG), run_dir=tmp / "run")
     redis = Redis(tmp, free_port())
     redis.start()
-    cfg = load_serve_config(SERVING, {"http.port": free_port(), "logging.dir": str(tmp / "logs"),
+    cfg = load_serve_config(args.config, {"http.port": free_port(), "http.direct_port_from": free_port(), "logging.dir": str(tmp / "logs"),
                                       "history": {"backend": "redis", "redis_url": redis.url}})
     ds = RunView.open(run).dataset
     users, items = ds.user_ids.astype(str).tolist()[:300], ds.item_ids.astype(str).tolist()
@@ -148,9 +150,11 @@ def main(argv=None) -> int:
         app.stop()
         redis.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    (RESULTS / "serve_live.json").write_text(json.dumps(out, indent=1))
+    out["config"] = Path(args.config).name
+    (RESULTS / f"serve_live{args.tag}.json").write_text(json.dumps(out, indent=1))
     e, o = out["effect"], out["outage"]
-    lines = ["# Live state of the served app (synthetic quickstart run, configs/serving.yaml, history on Redis)", "",
+    lines = [f"# Live state of the served app (synthetic quickstart run, {Path(args.config).name} (topology {cfg.topology}), "
+             "history on Redis)", "",
              f"Event to effect: {e['reflected_next_request']} of {e['events']} events were in the very next /recommend; "
              f"event_to_recommend_ms p50 {e['event_to_recommend_ms_p50']} / p99 {e['event_to_recommend_ms_p99']}.", "",
              f"Redis killed at 10 s and restarted at 20 s under {args.rate:g} req/s of /recommend for 40 s: "
@@ -158,11 +162,11 @@ def main(argv=None) -> int:
              f"p99 {o['recommend']['p99_ms']} ms. Events: {o['events_sent']} sent, {o['events_202']} accepted (202), "
              f"{o['events_503']} refused with a retryable 503, {o['events_other']} other; accepted but missing from the store "
              f"afterwards: {o['acknowledged_but_lost']}.", "", f"`{command}`"]
-    (RESULTS / "serve_live.md").write_text("\n".join(lines) + "\n")
-    record("speed", "event_to_recommend_ms", {"p50": e["event_to_recommend_ms_p50"], "p99": e["event_to_recommend_ms_p99"],
+    (RESULTS / f"serve_live{args.tag}.md").write_text("\n".join(lines) + "\n")
+    record("speed", f"event_to_recommend_ms{args.tag}", {"p50": e["event_to_recommend_ms_p50"], "p99": e["event_to_recommend_ms_p99"],
                                               "reflected_next_request": e["reflected_next_request"], "events": e["events"],
                                               "command": command})
-    record("speed", "redis_outage", {"recommend_failed": o["recommend"]["failed"], "events_202": o["events_202"],
+    record("speed", f"redis_outage{args.tag}", {"recommend_failed": o["recommend"]["failed"], "events_202": o["events_202"],
                                      "events_503": o["events_503"], "acknowledged_but_lost": o["acknowledged_but_lost"],
                                      "command": command})
     return 0

@@ -246,3 +246,32 @@ def test_the_shipped_throughput_config_is_fused_direct_on_redis_and_loopback():
     assert (cfg.topology, cfg.http.direct_ingress, cfg.history.backend) == ("fused", True, "redis")
     assert cfg.http.host == "127.0.0.1" and not cfg.history_deployment
     assert cpu_demand(cfg, ["popularity"]) == {"ingress": 2 * cfg.ingress.num_cpus}
+
+
+def test_a_run_installed_mid_traffic_serves_the_next_batches_and_keeps_two_runs_at_most(run_dir, tmp_path):
+    """A rolling update in place: requests already resolved finish on the previous run, the next
+    ones use the new run; only the current and the previous runs stay loaded, so a request
+    resolved two updates ago gets a retryable 503 (alone, not its whole batch)."""
+    _, fused, view = _pair(run_dir, tmp_path)
+    first = fused.state
+    bodies = [RecommendRequest(user_id=str(u), k=5) for u in view.dataset.user_ids[:12]]
+
+    def update():
+        fused.install(IngressState.build(view, fused.cfg, with_logs=False), InProcessStages(view, fused.cfg))
+
+    async def go():
+        once = [asyncio.ensure_future(fused.recommend(b)) for b in bodies]
+        await asyncio.sleep(0)  # resolved on the first run, waiting for the stores
+        update()
+        once = await asyncio.gather(*once, return_exceptions=True)
+        twice = [asyncio.ensure_future(fused.recommend(b)) for b in bodies]
+        await asyncio.sleep(0)
+        update()
+        update()
+        late = [asyncio.ensure_future(fused.recommend(b)) for b in bodies]  # computed with the stale ones
+        return once, await asyncio.gather(*twice, return_exceptions=True), await asyncio.gather(*late)
+
+    once, twice, late = asyncio.run(go())
+    assert all(not isinstance(a, Exception) for a in once) and [_ids(a) for a in once] == [_ids(a) for a in late]
+    assert all(getattr(e, "status", None) == 503 and "no longer loaded" in str(e) for e in twice)
+    assert len(fused.stages) == 2 and id(first) not in fused.stages

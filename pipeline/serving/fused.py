@@ -30,7 +30,7 @@ from pipeline.serving.catalog import split_key
 from pipeline.serving.components import ChannelComponent, RankerComponent, RerankComponent, stack_batches
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.runview import RunView
-from pipeline.serving.service import Backends, IngressState, RecommendService, plan_of
+from pipeline.serving.service import Backends, BadRequest, IngressState, RecommendService, plan_of
 from pipeline.types import CandidateSet, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 class MicroBatcher:
     """Calls made while a batch is being computed wait and go together as the next batch (at most
-    `max_batch_size`). `compute(items) -> results` runs in one worker thread, one batch at a time."""
+    `max_batch_size`). `compute(items) -> results` runs in one worker thread, one batch at a time;
+    a result that is an exception is raised to its caller only."""
 
     def __init__(self, compute: Callable[[list[Any]], list[Any]], max_batch_size: int) -> None:
         self.compute = compute
@@ -75,7 +76,11 @@ class MicroBatcher:
                             future.set_exception(err)
                     continue
                 for (_, future), result in zip(taken, results):
-                    if not future.done():  # a caller that gave up (cancelled) is skipped
+                    if future.done():  # a caller that gave up (cancelled) is skipped
+                        continue
+                    if isinstance(result, Exception):  # that item failed alone
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             self._draining = False
@@ -163,17 +168,19 @@ class FusedService(RecommendService):
                 await self.run(state, plan, batch, 10)
         return 1
 
-    def _compute(self, items: list[tuple[IngressState, ArmPlan, RequestBatch, int]]) -> list[StageResult]:
+    def _compute(self, items: list[tuple[IngressState, ArmPlan, RequestBatch, int]]) -> list[StageResult | BadRequest]:
         """The worker thread's side: one orchestrator run per (run, arm, k) group of the batch."""
         groups: dict[tuple[int, str, int], list[int]] = {}
         for i, (state, plan, _, k) in enumerate(items):
             groups.setdefault((id(state), plan.name, k), []).append(i)
-        out: list[StageResult | None] = [None] * len(items)
+        out: list[StageResult | BadRequest | None] = [None] * len(items)
         for (sid, arm, k), rows in groups.items():
             state, plan = items[rows[0]][0], items[rows[0]][1]
             stages = self.stages.get(sid)
-            if stages is None:
-                raise RuntimeError("a request's run is no longer loaded in this replica; retry")
+            if stages is None:  # resolved two rolling updates ago: only its own requests fail, retryably
+                for i in rows:
+                    out[i] = BadRequest(503, "the run this request was resolved with is no longer loaded; retry", retry_after_s=1)
+                continue
             stages.catch_up(state.key)
             batch = stack_batches([items[i][2] for i in rows])
             res = orchestrator.drive(orchestrator.run(stages.for_arm(arm), plan_of(plan), batch, k, fallback=state.fallback))
