@@ -38,31 +38,33 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--port", type=int, default=8766)
+    ap.add_argument("--topology", default="split", choices=["split", "fused"], help="serving topology (fused: every stage in the ingress)")
+    ap.add_argument("--tag", default="", help="suffix of the result files and the record (a variant)")
     args = ap.parse_args(argv)
     command = "nice -n 5 python -m bench.serve_ingress_kill " + " ".join(argv if argv is not None else sys.argv[1:])
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="serve-ingress-kill-") as tmp:
         run = train(load_config(CONFIG), run_dir=Path(tmp) / "run")
-        cfg = load_serve_config(SERVING, {"http.port": args.port, "logging.dir": str(Path(tmp) / "logs")})
+        cfg = load_serve_config(SERVING, {"http.port": args.port, "logging.dir": str(Path(tmp) / "logs"), "topology": args.topology})
         url = app.start(run, cfg)
         try:
             requests.post(f"{url}/recommend", json={"k": 10}, timeout=30)
             out = kill_drill(url, args.rate, _bodies(run, 5000), cfg.ray.app_name, "ingress", cfg.ingress.replicas)
         finally:
             app.stop()
-    out.update(command=command, ingress_replicas=cfg.ingress.replicas,
+    out.update(command=command, ingress_replicas=cfg.ingress.replicas, topology=args.topology,
                machine=f"{os.cpu_count()} cores; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_ingress_kill.json").write_text(json.dumps(out, indent=1) + "\n")
+    (RESULTS / f"serve_ingress_kill{args.tag}.json").write_text(json.dumps(out, indent=1) + "\n")
     lines = ["# One of two ingress replicas killed under load", "",
-             f"Synthetic quickstart run, `configs/serving.yaml`; {args.rate:g} req/s of /recommend for 30 s, open loop, "
+             f"Synthetic quickstart run, `configs/serving.yaml` (topology {args.topology}); {args.rate:g} req/s of /recommend for 30 s, open loop, "
              f"no client retries; `ray.kill` of one ingress replica at 5 s; {out['machine']}.", "",
              "| requests | failed | p50 ms | p99 ms | degraded | two ingress replicas again after |", "|---|---|---|---|---|---|",
              f"| {out['requests']} | {out['failed']} | {out['p50_ms']} | {out['p99_ms']} | {out['degraded']} | "
              f"{out['recovered_after_s']} s |", "",
              f"Failures seen: {out['failures'] or 'none'}.", "", f"`{command}`"]
-    (RESULTS / "serve_ingress_kill.md").write_text("\n".join(lines) + "\n")
-    record("speed", "serve_ingress_kill", {k: out[k] for k in ("rate", "requests", "failed", "p50_ms", "p99_ms",
+    (RESULTS / f"serve_ingress_kill{args.tag}.md").write_text("\n".join(lines) + "\n")
+    record("speed", f"serve_ingress_kill{args.tag}", {k: out[k] for k in ("rate", "requests", "failed", "p50_ms", "p99_ms",
                                                                "recovered_after_s", "failures", "command", "machine")})
     print(f"{out['failed']} failed of {out['requests']}; recovered after {out['recovered_after_s']} s", flush=True)
     return 0
