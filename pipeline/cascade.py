@@ -25,7 +25,7 @@ from pipeline.types import PAD, CandidateSet, Recommendation, Request, RequestBa
 from rankers.passthrough import PassThroughRanker
 from rerank.passthrough import PassThroughReRanker
 
-__all__ = ["Cascade", "StageResult", "anonymous_rows"]
+__all__ = ["Cascade", "PlainStages", "StageResult", "anonymous_rows"]
 
 
 class Cascade:
@@ -63,8 +63,8 @@ class Cascade:
         return Plan(self.channel_names, self.pool_spec)
 
     @property
-    def stages(self) -> "_InProcess":
-        return _InProcess({c.name: c for c in self.channels}, self.ranker, self.reranker)
+    def stages(self) -> "PlainStages":
+        return PlainStages({c.name: c for c in self.channels}, self.ranker, self.reranker)
 
     def run(self, batch: RequestBatch, k: int) -> StageResult:
         return orchestrator.drive(orchestrator.run(self.stages, self.plan, batch, k, fallback=self.fallback))
@@ -99,8 +99,9 @@ class Cascade:
         return out
 
 
-class _InProcess:
-    """`orchestrator.Stages` over plain objects in this process (every await completes at once)."""
+class PlainStages:
+    """`orchestrator.Stages` over plain objects in this process (every await completes at once);
+    the fused serving topology runs one per arm too."""
 
     def __init__(self, channels: dict[str, Channel], ranker: Ranker, reranker: ReRanker) -> None:
         self.channels, self.ranker, self.reranker = channels, ranker, reranker

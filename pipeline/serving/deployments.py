@@ -284,8 +284,8 @@ class _IngressBase:
         return create_app(self.service, self.cfg.limits.max_body_bytes)
 
     def __del__(self) -> None:
-        if getattr(self, "service", None) is not None and self.service.state is not None:
-            self.service.state.close()
+        if getattr(self, "service", None) is not None:
+            self.service.close()
 
 
 @serve.deployment

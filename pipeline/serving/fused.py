@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from pipeline import orchestrator
+from pipeline.cascade import PlainStages
 from pipeline.orchestrator import StageResult
 from pipeline.serving.ab import ArmPlan
 from pipeline.serving.catalog import split_key
@@ -31,7 +32,7 @@ from pipeline.serving.components import ChannelComponent, RankerComponent, Reran
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import Backends, BadRequest, IngressState, RecommendService, plan_of
-from pipeline.types import CandidateSet, RequestBatch, Retrieved
+from pipeline.types import RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 
@@ -113,22 +114,9 @@ class InProcessStages:
                 except Exception as err:  # that stage serves without the new items (tried again next batch)
                     log.warning("live items not applied to %s: %s: %s", name, type(err).__name__, err)
 
-    def for_arm(self, arm: str) -> "_ArmInProcess":
-        return _ArmInProcess(self, arm)
-
-
-class _ArmInProcess:
-    def __init__(self, stages: InProcessStages, arm: str) -> None:
-        self.stages, self.arm = stages, arm
-
-    async def retrieve(self, channel: str, batch: RequestBatch, k: int) -> Retrieved:
-        return self.stages.channels[channel].retrieve(batch, k)
-
-    async def score(self, batch: RequestBatch, pools: list[CandidateSet]) -> Sequence[np.ndarray]:
-        return self.stages.ranker.by_arm[self.arm].score(batch, pools)
-
-    async def rerank(self, batch: RequestBatch, pools: list[CandidateSet], k: int) -> list[CandidateSet]:
-        return self.stages.reranker.by_arm[self.arm].rerank(batch, pools, k)
+    def for_arm(self, arm: str) -> PlainStages:
+        """The stages one arm runs (its ranker and re-ranker settings; the channels are shared)."""
+        return PlainStages(self.channels, self.ranker.by_arm[arm], self.reranker.by_arm[arm])
 
 
 def row_of(res: StageResult, r: int) -> StageResult:
@@ -159,8 +147,9 @@ class FusedService(RecommendService):
     async def run(self, state: IngressState, plan: ArmPlan, batch: RequestBatch, k: int) -> StageResult:
         return await self.batcher.submit((state, plan, batch, k))
 
-    async def warmup(self, max_rounds: int = 2) -> int:
-        """One anonymous and one known-user request per arm through the in-process stages."""
+    async def warmup(self, max_rounds: int = 1) -> int:
+        """One anonymous and one known-user request per arm through the in-process stages (one
+        round: nothing here is opened lazily over the network). Returns 1."""
         state = self.current()
         anonymous = RequestBatch.from_sequences([None], [np.zeros(0, np.int64)])
         for plan in state.arms.plans.values():
@@ -190,4 +179,5 @@ class FusedService(RecommendService):
         return out
 
     def close(self) -> None:
+        super().close()
         self.batcher.close()

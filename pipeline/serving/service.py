@@ -138,6 +138,11 @@ class RecommendService:
         old, self.state = self.state, state
         return old
 
+    def close(self) -> None:
+        """Flush and close the logs of the run being served."""
+        if self.state is not None:
+            self.state.close()
+
     def current(self) -> IngressState:
         if self.state is None:
             raise BadRequest(503, "the service is loading its run; retry shortly")
