@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.summary import RESULTS, record
 from channels.two_tower.index import IndexConfig, ItemIndex
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.evaluation.harness import build_eval_set
 from pipeline.workflow import load_run
 

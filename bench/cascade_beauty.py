@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from bench.summary import RESULTS, quality_entry, record
-from pipeline.artifacts import atomic_write_json
+from pipeline.core.artifacts import atomic_write_json
 from pipeline.config import load_config
 from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.registry import RANKER_KINDS, build_stage

@@ -43,7 +43,7 @@ import pandas as pd
 
 from bench.ann_recall import recall_vs
 from bench.summary import RESULTS, record
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 100

@@ -20,7 +20,7 @@ from bench.summary import RESULTS, quality_entry, record
 from channels.item2item import ItemToItemChannel
 from channels.popularity import PopularityChannel
 from pipeline.data import load_dataset
-from pipeline.evaluation import metrics as M
+from pipeline.core import metrics as M
 from pipeline.evaluation.harness import build_eval_set, channel_topk_fn, run_topk
 from pipeline.workflow import fit_data
 from pipeline.data import leave_one_out

@@ -26,7 +26,7 @@ import torch
 
 from bench.catalog_growth import cascade_config, percentiles, sample_dataset
 from bench.summary import RESULTS, record
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 
 
 def one_device(name: str, dataset, n_items: int, requests: int) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.summary import RESULTS, record
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from rankers.mtgr import MTGR, MTGRConfig, MTGRInputs, forward_flops
 
 
@@ -71,7 +71,7 @@ def model_speed(model: MTGR, history: int, k: int, repeats: int, ref_repeats: in
 
 def pad_pool(pool, k: int, n_items: int, seen: np.ndarray, rng: np.random.Generator):
     """The pool grown to k candidates with random unseen items that no channel found."""
-    from pipeline.types import CandidateSet
+    from pipeline.core.types import CandidateSet
 
     extra_n = k - len(pool)
     if extra_n <= 0:

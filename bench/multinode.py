@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 from bench.summary import RESULTS, record
-from pipeline.artifacts import atomic_write_json
+from pipeline.core.artifacts import atomic_write_json
 
 PLACEMENT = {"resources": {"head": 0.01}}
 

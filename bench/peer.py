@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import metrics as M
+from pipeline.core import metrics as M
 from pipeline.evaluation.harness import EvalSet, build_eval_set
-from pipeline.types import PAD
+from pipeline.core.types import PAD
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "peers" / "rectools_sasrec.py"
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import argparse
 
     from bench.protocol_b import CONFIG, protocol
-    from pipeline.artifacts import atomic_write_json
+    from pipeline.core.artifacts import atomic_write_json
     from pipeline.config import apply_overrides, load_config
     from pipeline.workflow import make_split, prepare_data
 

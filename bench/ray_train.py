@@ -5,7 +5,7 @@
 The config's first torch channel (default: the Beauty two-tower) under protocol B (seed 1), test
 stage: early stopping on the validation targets while fitting on the history before them, exactly
 as `hybridrec train` does. Each arm fits the same channel from the same seed; Ray arms split every
-batch over the workers and average gradients (pipeline/data_parallel.py), so the global batch and
+batch over the workers and average gradients (pipeline/core/data_parallel.py), so the global batch and
 the steps per epoch stay those of the config. Reports the best validation R@10 / N@10, the epochs
 and the wall time of each arm (Ray arms include starting the workers and the checkpoint round trip).
 Writes bench/results/ray_train.{json,md}; records speed:ray_train_two_tower_2workers.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.protocol_b import protocol
 from bench.summary import RESULTS, record
-from pipeline.artifacts import atomic_write_json, atomic_write_text
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import TrainConfig, apply_overrides, load_config
 from pipeline.registry import build_channel
 from pipeline.scale import fit_channel, trains_on_ray

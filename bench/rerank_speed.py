@@ -22,7 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.types import CandidateSet, RequestBatch  # noqa: E402
+from pipeline.core.types import CandidateSet, RequestBatch  # noqa: E402
 from rerank.passthrough import PassThroughReRanker  # noqa: E402
 from rerank.reranker import RuleDiversityReRanker  # noqa: E402
 

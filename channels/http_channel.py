@@ -31,8 +31,8 @@ import numpy as np
 import requests
 from requests.adapters import HTTPAdapter
 
-from pipeline.protocols import FitData
-from pipeline.types import PAD, RequestBatch, Retrieved
+from pipeline.core.protocols import FitData
+from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from channels.topk import top_k_pairs
-from pipeline.artifacts import atomic_write_json, atomic_write_parquet, read_json
-from pipeline.protocols import FitData
-from pipeline.types import PAD, RequestBatch, Retrieved
+from pipeline.core.artifacts import atomic_write_json, atomic_write_parquet, read_json
+from pipeline.core.protocols import FitData
+from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 DAY = 86400.0
 

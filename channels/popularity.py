@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from channels.topk import mask_seen, top_k, top_k_pairs
-from pipeline.artifacts import atomic_write_json, read_json
-from pipeline.protocols import FitData
-from pipeline.types import RequestBatch, Retrieved
+from pipeline.core.artifacts import atomic_write_json, read_json
+from pipeline.core.protocols import FitData
+from pipeline.core.types import RequestBatch, Retrieved
 
 DAY = 86400.0
 

@@ -12,7 +12,7 @@ history).
 training step on a batch of window rows and returns its losses, and (optionally) a validation
 function returning metrics; the loop keeps the best weights by `metric`, stops after `patience`
 epochs without improvement or after `max_seconds`, and restores the best weights. Under Ray
-Train each rank runs its rows of every batch (pipeline/data_parallel.py); the step
+Train each rank runs its rows of every batch (pipeline/core/data_parallel.py); the step
 averages its gradients over the ranks after backward.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from pipeline import data_parallel
-from pipeline.types import PAD
+from pipeline.core import data_parallel
+from pipeline.core.types import PAD
 
 log = logging.getLogger(__name__)
 DAY = 86400.0

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import atomic_write_json, atomic_write_parquet, read_json
-from pipeline.protocols import FitData
-from pipeline.types import PAD, RequestBatch, Retrieved
+from pipeline.core.artifacts import atomic_write_json, atomic_write_parquet, read_json
+from pipeline.core.protocols import FitData
+from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 REQUIRED = ("user_id", "item_id", "score")
 

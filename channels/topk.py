@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.types import PAD, RequestBatch, Retrieved
+from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 
 def mask_seen(scores: np.ndarray, batch: RequestBatch) -> np.ndarray:

@@ -20,8 +20,8 @@ import numpy as np
 from pipeline import orchestrator
 from pipeline.orchestrator import Plan, StageResult, anonymous_rows
 from pipeline.pool import PoolSpec
-from pipeline.protocols import Channel, Ranker, ReRanker
-from pipeline.types import PAD, CandidateSet, Recommendation, Request, RequestBatch, Retrieved
+from pipeline.core.protocols import Channel, Ranker, ReRanker
+from pipeline.core.types import PAD, CandidateSet, Recommendation, Request, RequestBatch, Retrieved
 from rankers.passthrough import PassThroughRanker
 from rerank.passthrough import PassThroughReRanker
 

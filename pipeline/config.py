@@ -5,15 +5,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from pipeline.core.schema import Strict
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the file and the offending key."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SyntheticConfig(Strict):
@@ -202,7 +200,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     raw = read_yaml_mapping(path, "config")
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
-    return parse_config(raw, str(path))
+    cfg = parse_config(raw, str(path))
+    from pipeline.params import check_params  # the component tables sit above this module
+
+    check_params(cfg, str(path))
+    return cfg
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "<config>") -> Config:
@@ -210,7 +212,11 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "<conf
     raw = cfg.model_dump(mode="json")
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
-    return parse_config(raw, source)
+    out = parse_config(raw, source)
+    from pipeline.params import check_params
+
+    check_params(out, source)
+    return out
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pipeline.types import PAD, CandidateSet, RequestBatch, Retrieved
+from pipeline.core.types import PAD, CandidateSet, RequestBatch, Retrieved
 
 RRF_K = 60.0
 

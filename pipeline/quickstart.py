@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import load_config
 from pipeline.evaluation.report import evaluate_run, format_table
-from pipeline.types import Request
+from pipeline.core.types import Request
 from pipeline.resources import SERVING_CONFIG
 from pipeline.workflow import load_run, train
 

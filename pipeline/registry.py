@@ -1,6 +1,6 @@
 """The one visible table of component kinds, and loading of user plug-ins by import path.
 
-A new built-in channel is a class with `fit`/`retrieve` (see pipeline.protocols) plus one line in
+A new built-in channel is a class with `fit`/`retrieve` (see pipeline.core.protocols) plus one line in
 CHANNEL_KINDS. Imports are lazy so that a process serving only classic channels never imports torch.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def build_channel(cfg: ChannelConfig) -> Any:
     channel = _construct(cls, f"channel '{cfg.name}'", name=cfg.name, **cfg.params)
     for method in ("fit", "retrieve"):
         if not callable(getattr(channel, method, None)):
-            raise ConfigError(f"channel '{cfg.name}': {cls.__name__} has no {method}() method (see pipeline.protocols.Channel)")
+            raise ConfigError(f"channel '{cfg.name}': {cls.__name__} has no {method}() method (see pipeline.core.protocols.Channel)")
     return channel
 
 

@@ -4,7 +4,7 @@ Torch models (the channels whose class sets `data_parallel = True`: two-tower, C
 Ray Train's TorchTrainer with `train.workers` workers: each worker builds the channel from the same
 config and seed, fits it on the same FitData (it reaches the workers once, through the object
 store) and the training loop shards every epoch's batches and averages gradients over the ranks
-(pipeline/data_parallel.py). Rank 0 saves the fitted channel as the Ray Train checkpoint; the
+(pipeline/core/data_parallel.py). Rank 0 saves the fitted channel as the Ray Train checkpoint; the
 driver loads it back with the channel's own `load` (JSON, .npy, faiss and weights-only torch files,
 no pickle). Checkpoints go to `train.storage` (default: a temporary folder on this machine; on a
 cluster of several machines it must be a path every node sees, e.g. NFS).
@@ -220,7 +220,7 @@ class _EvalActor:
         self.fns |= {f"arm:{a.name}": a.cascade.topk for a in built}
 
     def __call__(self, chunk: pd.DataFrame) -> pd.DataFrame:
-        from pipeline.types import PAD
+        from pipeline.core.types import PAD
 
         blobs = []
         for key, lo, hi, k in zip(chunk["key"], chunk["lo"].tolist(), chunk["hi"].tolist(), chunk["k"].tolist()):

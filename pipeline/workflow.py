@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.artifacts import atomic_dir, atomic_write_json, new_run_dir, read_json, versions
+from pipeline.core.artifacts import atomic_dir, atomic_write_json, new_run_dir, read_json, versions
 from pipeline.cascade import Cascade
 from pipeline.config import Config, ConfigError, DataConfig, parse_config
 from pipeline.data import Dataset, leave_one_out, load_dataset, shuffle_ties, synthesize, temporal_split
-from pipeline.protocols import FitData
+from pipeline.core.protocols import BindsItems, FitData, Persistent, Trainable
 from pipeline.registry import (
     RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, check_components, import_object,
 )
@@ -142,7 +142,7 @@ def bind_reranker(reranker, dataset: Dataset, vectors: np.ndarray | None):
 
 def bind_items(reranker, items: pd.DataFrame, vectors: np.ndarray | None, item_ids: np.ndarray):
     """`bind_reranker` with the tables given (the serving re-ranker rebinds with live items)."""
-    if callable(getattr(reranker, "bind", None)):
+    if isinstance(reranker, BindsItems):
         reranker.bind(items, vectors, item_ids)
     return reranker
 
@@ -170,7 +170,7 @@ def train(cfg: Config, stage: str | None = None, run_dir: Path | None = None, da
         for ccfg in tqdm(cfg.enabled_channels(), desc="fit channels", unit="channel", disable=None):
             t = time.perf_counter()
             channel = fit_channel(ccfg, data, cfg.train)
-            savable = callable(getattr(channel, "save", None)) and callable(getattr(type(channel), "load", None))
+            savable = isinstance(channel, Persistent)
             if savable:
                 channel.save(tmp / "channels" / ccfg.name)
             times[f"fit.{ccfg.name}"] = time.perf_counter() - t
@@ -267,8 +267,7 @@ def arm_config(cfg: Config, arm) -> Config | None:
 
 # -- the ranker stage -------------------------------------------------------------------------
 def is_trainable(ranker) -> bool:
-    return all(callable(getattr(ranker, m, None)) for m in ("fit", "bind", "save")) and callable(
-        getattr(type(ranker), "load", None))
+    return isinstance(ranker, Trainable)
 
 
 def ranker_class(cfg: Config) -> type:

@@ -1,9 +1,11 @@
 """What a trained ranker adds to the `Ranker` protocol, and the part both learned rankers share.
 
 The workflow's ranker stage (pipeline.workflow.fit_ranker) builds `RankingData` from label folds
-(rankers.training_data), calls `fit(train, holdout)`, then `bind(stage_data, channels)` so the
-cross features of served requests come from the same interactions the channels were fitted on,
-and finally `save(folder)`; `load(folder)` gives back a ranker ready to `score`.
+(rankers.training_data), calls `bind(stage_data, channels)` first, so that the cross features of
+served requests come from the same interactions the channels were fitted on and the item tables a
+model is built from are in place, then `fit(train, holdout)`, and finally `save(folder)`;
+`load(folder)` gives back a ranker ready to `score`. The workflow asks for this capability with
+`isinstance(ranker, pipeline.core.protocols.Trainable)`.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from pipeline.protocols import FitData
-from pipeline.types import CandidateSet, RequestBatch
+from pipeline.core.protocols import FitData
+from pipeline.core.types import CandidateSet, RequestBatch
 from rankers.features import CrossFeatures, FeatureBlock, FeatureConfig, feature_config
 from rankers.training_data import RankingData
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import atomic_write_json, read_json
-from pipeline.protocols import FitData
-from pipeline.types import PAD, CandidateSet, RequestBatch
+from pipeline.core.artifacts import atomic_write_json, read_json
+from pipeline.core.protocols import FitData
+from pipeline.core.types import PAD, CandidateSet, RequestBatch
 
 DAY = 86400.0
 ATTRIBUTES = ("category", "brand", "categories")  # item-table columns used for user x item counts

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.artifacts import atomic_write_json, read_json
-from pipeline.types import CandidateSet, RequestBatch
+from pipeline.core.artifacts import atomic_write_json, read_json
+from pipeline.core.types import CandidateSet, RequestBatch
 from rankers.base import FeatureRankerMixin
 from rankers.features import CrossFeatures
 from rankers.training_data import RankingData

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import device
-from pipeline.artifacts import atomic_write_json, read_json
-from pipeline.types import CandidateSet, RequestBatch
+from pipeline.core import device
+from pipeline.core.artifacts import atomic_write_json, read_json
+from pipeline.core.types import CandidateSet, RequestBatch
 from rankers.base import FeatureRankerMixin
 from rankers.features import CrossFeatures
 from rankers.mtgr import MTGR, MTGRConfig
-from rankers.mtgr_train import TrainConfig, make_inputs, train_model
+from rankers.mtgr_inputs import make_inputs
 from rankers.training_data import RankingData
 
 _MODEL = ("d_model", "n_layers", "n_heads", "dropout", "id_dropout", "group_norm", "cross_features", "mask")
@@ -48,7 +48,7 @@ class MTGRRanker(FeatureRankerMixin):
         self.seed, self.train_folds, self.holdout = seed, train_folds, holdout
         self.windows_days, self.price_buckets = tuple(windows_days), price_buckets
         self.num_threads, self.score_batch, self.progress = num_threads, score_batch, progress
-        self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
+        self.device = device  # auto | cpu | cuda[:N] (pipeline/core/device.py)
 
     def model_config(self, n_cross: int) -> MTGRConfig:
         attrs = self.features_.attrs_
@@ -74,6 +74,8 @@ class MTGRRanker(FeatureRankerMixin):
         std = np.maximum(train.features.std(axis=0), 1e-3)
         model.cross_mean.copy_(device.tensor(mean.astype(np.float32)))
         model.cross_std.copy_(device.tensor(std.astype(np.float32)))
+        from rankers.mtgr_train import TrainConfig, train_model  # training only: serving never imports it
+
         tcfg = TrainConfig(**{k: getattr(self, k) for k in _TRAIN})
         report = train_model(model, train, holdout if holdout is not None else train.take(np.arange(0)), tcfg, self.progress)
         self.model_, self.feature_names_ = model, tuple(train.names)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.types import CandidateSet, RequestBatch
+from pipeline.core.types import CandidateSet, RequestBatch
 
 
 class PassThroughRanker:

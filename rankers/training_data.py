@@ -22,10 +22,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.data.splits import Split
-from pipeline.evaluation.harness import build_eval_set
-from pipeline.protocols import FitData
-from pipeline.types import CandidateSet, RequestBatch
+from pipeline.core.evalset import build_eval_set
+from pipeline.core.protocols import FitData
+from pipeline.core.splits import Split
+from pipeline.core.types import CandidateSet, RequestBatch
 from rankers.features import CrossFeatures
 
 PoolFn = Callable[[RequestBatch], list[CandidateSet]]

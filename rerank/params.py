@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from pipeline.config import Strict
+from pipeline.core.schema import Strict
 
 ItemId = int | str
 Value = str | int | float | bool

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from pipeline.types import CandidateSet, RequestBatch
+from pipeline.core.types import CandidateSet, RequestBatch
 from rerank.diversity import Constraint, Selection, SelectionInput, select
 from rerank.params import RerankParams, format_errors
 from rerank.rules import OK, BoundRules, PinChoice, relevance

@@ -6,8 +6,8 @@ import contextlib
 import numpy as np
 import pandas as pd
 
-from pipeline.protocols import FitData
-from pipeline.types import RequestBatch
+from pipeline.core.protocols import FitData
+from pipeline.core.types import RequestBatch
 
 DAY = 86400
 
@@ -41,7 +41,7 @@ def batch_of(histories: list[list[int]], now: list[int] | None = None, users: li
 def check_long_history_masked(channel, n_items: int, window: int = 5, k: int = 10) -> None:
     """A history longer than the model window: the items the channel returns for a short history
     are made OLDER than the window; the channel must still never return them (nor any seen item)."""
-    from pipeline.types import PAD
+    from pipeline.core.types import PAD
 
     probe = RequestBatch.from_sequences([0], [np.array([0, 1], np.int64)], max_len=window)
     first = channel.retrieve(probe, k).items[0]

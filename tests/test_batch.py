@@ -9,7 +9,7 @@ import pytest
 from pipeline.batch import read_meta, read_users, recommend, write
 from pipeline.cli import main
 from pipeline.config import ConfigError, parse_config
-from pipeline.types import PAD, Request
+from pipeline.core.types import PAD, Request
 from pipeline.workflow import load_run, train
 
 NOW = 1_900_000_000

@@ -6,7 +6,7 @@ from channels.item2item import ItemToItemChannel
 from channels.popularity import PopularityChannel
 from channels.table import CandidateTableChannel
 from pipeline.cascade import Cascade
-from pipeline.types import PAD, Request
+from pipeline.core.types import PAD, Request
 from tests.helpers import DAY, batch_of, tiny_fit_data
 
 

@@ -4,8 +4,8 @@ import pytest
 
 from channels.item2item import ItemToItemChannel
 from channels.popularity import PopularityChannel
-from pipeline.protocols import FitData
-from pipeline.types import PAD, RequestBatch
+from pipeline.core.protocols import FitData
+from pipeline.core.types import PAD, RequestBatch
 from tests.helpers import DAY, batch_of, tiny_fit_data
 
 

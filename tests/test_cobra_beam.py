@@ -11,7 +11,7 @@ from channels.cobra.beam import (
 )
 from channels.cobra.model import CobraModel, ModelConfig
 from channels.cobra.trie import CodeTrie
-from pipeline.types import PAD, Retrieved
+from pipeline.core.types import PAD, Retrieved
 
 
 def _model(sizes, seed=0, dense=True):

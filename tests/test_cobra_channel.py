@@ -11,10 +11,10 @@ import torch
 from channels.cobra.channel import CobraChannel
 from pipeline.config import ChannelConfig
 from pipeline.data import leave_one_out, synthesize
-from pipeline.evaluation import metrics as M
+from pipeline.core import metrics as M
 from pipeline.evaluation.harness import build_eval_set
 from pipeline.registry import build_channel
-from pipeline.types import PAD
+from pipeline.core.types import PAD
 from pipeline.workflow import fit_data
 
 SMALL = dict(levels=[8, 4, 4], d_model=16, n_heads=2, d_ff=32, dense_dim=16, svd_dim=8, collab_dim=4, max_tokens=8,
@@ -210,7 +210,7 @@ def test_items_without_content_at_fit_are_inactive_until_added(world):
     ch = CobraChannel(mode="cobra_sparse", **(SMALL | {"epochs": 1})).fit(sub)
     assert not ch.active_[cold].any()
     hist = np.array([[int(items["item_id"].iloc[0])]])
-    from pipeline.types import RequestBatch
+    from pipeline.core.types import RequestBatch
 
     batch = RequestBatch.from_sequences([0], [hist[0]])
     assert not np.isin(ch.retrieve(batch, 200, beam_size=200).items, cold).any()
@@ -229,7 +229,7 @@ def test_errors_before_fit_and_bad_mode():
         CobraChannel(mode="hstu")
     with pytest.raises(ValueError, match=r"neighbor_id_score must be one of \('search', 'own'\), got 'best'"):
         CobraChannel(neighbor_id_score="best")
-    from pipeline.types import RequestBatch
+    from pipeline.core.types import RequestBatch
 
     with pytest.raises(RuntimeError, match="fit"):
         CobraChannel().retrieve(RequestBatch.from_sequences([0], [np.array([1])]), 5)

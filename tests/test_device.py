@@ -1,4 +1,4 @@
-"""`device: auto | cpu | cuda` for the torch models (pipeline/device.py).
+"""`device: auto | cpu | cuda` for the torch models (pipeline/core/device.py).
 
 Here (no GPU) the CPU path is checked bit for bit and every CUDA request fails clearly before any
 work; the tests marked `gpu` run the same models on CUDA where torch sees one.
@@ -11,7 +11,7 @@ import torch
 
 from channels.cobra.channel import CobraChannel
 from channels.two_tower.channel import TwoTowerChannel
-from pipeline import device
+from pipeline.core import device
 from pipeline.config import ConfigError, parse_config
 from pipeline.data import leave_one_out, synthesize
 from pipeline.workflow import fit_data

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.data import leave_one_out, synthesize
 from pipeline.pool import PoolSpec, merge_pool
-from pipeline.types import CandidateSet, Retrieved
+from pipeline.core.types import CandidateSet, Retrieved
 from pipeline.workflow import fit_data
 from pipeline.evaluation.harness import build_eval_set
 from rankers.features import FAR_DAYS, CrossFeatures, FeatureConfig

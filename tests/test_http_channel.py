@@ -10,7 +10,7 @@ from channels.popularity import PopularityChannel
 from pipeline.cascade import Cascade
 from pipeline.config import ChannelConfig, ConfigError
 from pipeline.registry import build_channel
-from pipeline.types import PAD, Request
+from pipeline.core.types import PAD, Request
 from tests.helpers import batch_of, tiny_fit_data
 from tests.test_serving_support import StubRecall
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation import metrics as M
+from pipeline.core import metrics as M
 
 SEEDS = [0, 1, 2, 3]
 

@@ -6,7 +6,7 @@ import pandas as pd
 from pipeline.config import parse_config
 from pipeline.data import synthesize
 from pipeline.evaluation.report import evaluate_run
-from pipeline.types import Request
+from pipeline.core.types import Request
 from pipeline.workflow import load_run, train
 
 

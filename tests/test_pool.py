@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.pool import PoolSpec, merge_pool
-from pipeline.types import PAD, Retrieved
+from pipeline.core.types import PAD, Retrieved
 from tests.helpers import batch_of
 
 

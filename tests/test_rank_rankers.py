@@ -199,7 +199,7 @@ def test_ranking_labels_are_float32_ones_at_the_targets():
 def test_an_item_added_after_training_is_scored_like_an_unseen_copy(runs, kind):
     """A live item (POST /items) with the content of a trained one: the ranker codes its attributes
     as that item's and reads its interaction features as 'never seen'; known items score as before."""
-    from pipeline.types import CandidateSet
+    from pipeline.core.types import CandidateSet
 
     run = load_run(runs[kind])
     ranker, n = run.cascade.ranker, run.dataset.n_items

@@ -1,4 +1,4 @@
-"""Torch models under Ray Train (pipeline/scale.py, pipeline/data_parallel.py): one worker fits the
+"""Torch models under Ray Train (pipeline/scale.py, pipeline/core/data_parallel.py): one worker fits the
 model the local path fits, bit for bit (one torch thread: with two, even two local runs differ in
 the last bits); two workers shard every batch, average gradients and reach the local quality."""
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _equal_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 # ---- the helpers in a real two-process gloo group (no Ray) ------------------------------------
 def _group_worker(rank: int, world: int, port: int, out) -> None:
-    from pipeline import data_parallel as dp
+    from pipeline.core import data_parallel as dp
 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -74,7 +74,7 @@ def test_data_parallel_helpers_in_a_two_process_group():
 
 
 def test_helpers_are_no_ops_outside_a_process_group():
-    from pipeline import data_parallel as dp
+    from pipeline.core import data_parallel as dp
 
     p = torch.nn.Parameter(torch.zeros(2))
     p.grad = torch.tensor([1.0, 2.0])

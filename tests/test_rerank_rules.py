@@ -5,7 +5,7 @@ import pytest
 from channels.item2item import ItemToItemChannel
 from channels.popularity import PopularityChannel
 from pipeline.cascade import Cascade
-from pipeline.types import Request
+from pipeline.core.types import Request
 from rerank.passthrough import PassThroughReRanker
 from rerank.reranker import RuleDiversityReRanker
 from rerank.rules import relevance

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.types import CandidateSet, RequestBatch
+from pipeline.core.types import CandidateSet, RequestBatch
 from rerank.reranker import RerankResult, RuleDiversityReRanker
 
 DAY = 86400

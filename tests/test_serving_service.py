@@ -18,7 +18,7 @@ from pipeline.serving.eventlog import EventLog, read_events
 from pipeline.serving.routes import create_app
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import IngressState, RecommendService, resolve
-from pipeline.types import RequestBatch
+from pipeline.core.types import RequestBatch
 from tests.test_serving_support import tiny_run
 
 
@@ -37,7 +37,7 @@ def _service(run_dir, tmp_path, **raw):
 
 
 def test_answer_matches_the_in_process_cascade(run_dir, tmp_path):
-    from pipeline.types import Request
+    from pipeline.core.types import Request
     from pipeline.workflow import load_run
 
     service, _, client, view = _service(run_dir, tmp_path)  # the ingress asks at wall-clock time
@@ -279,7 +279,7 @@ def test_a_run_swapped_in_keeps_answering_and_drops_stages_built_from_other_data
 def test_the_runs_trained_ranker_serves_and_matches_the_in_process_cascade(tmp_path):
     pytest.importorskip("lightgbm")
     from pipeline.config import parse_config
-    from pipeline.types import Request
+    from pipeline.core.types import Request
     from pipeline.workflow import load_run, train
     from tests.test_serving_support import TINY
 
@@ -330,7 +330,7 @@ def test_grouped_channels_are_asked_in_one_call_and_fail_alone():
 
     from pipeline.serving.ab import ArmPlan
     from pipeline.serving.service import ArmStages
-    from pipeline.types import Retrieved
+    from pipeline.core.types import Retrieved
 
     class GroupBackends:
         group_of = {"a": "cheap", "b": "cheap"}

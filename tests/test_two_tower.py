@@ -15,10 +15,10 @@ from channels.sequence import NegativeSampler, build_windows
 from channels.two_tower.train import build_requests
 from pipeline.config import ChannelConfig
 from pipeline.data import leave_one_out, synthesize
-from pipeline.evaluation import metrics as M
+from pipeline.core import metrics as M
 from pipeline.evaluation.harness import build_eval_set, channel_topk_fn, run_topk
 from pipeline.registry import build_channel
-from pipeline.types import PAD, RequestBatch
+from pipeline.core.types import PAD, RequestBatch
 from pipeline.workflow import fit_data
 from tests.helpers import DAY, batch_of, tiny_fit_data
 

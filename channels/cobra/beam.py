@@ -38,8 +38,8 @@ import torch
 
 from channels.cobra.model import CobraModel
 from channels.cobra.trie import CodeTrie
-from pipeline import device
-from pipeline.types import PAD, Retrieved, seen_mask
+from pipeline.core import device
+from pipeline.core.types import PAD, Retrieved, seen_mask
 
 NEG_INF = float("-inf")
 NEIGHBOR_ID_SCORES = ("search", "own")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from channels.cobra.features import ItemFeatures
 from channels.cobra.model import CobraModel
 from channels.cobra.trie import CodeTrie
-from pipeline import device
+from pipeline.core import device
 
 INDEX_KINDS = ("flat", "hnsw")
 

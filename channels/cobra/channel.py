@@ -44,9 +44,9 @@ from channels.cobra.semantic_ids import (
 from channels.cobra.train import TrainConfig, fit_model
 from channels.cobra.trie import CodeTrie
 from channels.sequence import build_windows
-from pipeline import device
-from pipeline.protocols import FitData
-from pipeline.types import PAD, RequestBatch, Retrieved
+from pipeline.core import device
+from pipeline.core.protocols import FitData
+from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 MODES = ("cobra", "cobra_sparse", "tiger")
 
@@ -112,7 +112,7 @@ class CobraChannel:
         self.cold_quota = cold_quota  # last places of an answer kept for items without interactions (with_cold_quota)
         self.index, self.hnsw_m, self.ef_search = index, hnsw_m, ef_search
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
-        self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
+        self.device = device  # auto | cpu | cuda[:N] (pipeline/core/device.py)
 
     # ---- the small configs handed to each part --------------------------------------------
     def _params(self) -> dict:

@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from pipeline import device
+from pipeline.core import device
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Saving and loading a fitted CobraChannel: JSON, .npy, a weights-only state_dict and faiss
 files (no pickle). The channel's save/load call these; `restore_channel` runs under the channel's
-device (pipeline/device.py), so the model and the trie are made there."""
+device (pipeline/core/device.py), so the model and the trie are made there."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -15,7 +15,7 @@ from channels.cobra.features import ItemFeatures
 from channels.cobra.model import CobraModel, ModelConfig
 from channels.cobra.semantic_ids import load_quantizer
 from channels.cobra.trie import CodeTrie
-from pipeline.artifacts import atomic_write_json, read_json
+from pipeline.core.artifacts import atomic_write_json, read_json
 
 FORMAT = 2  # saved-artifact layout: 2 = the shared causal encoder (channels/sequence.py)
 ARRAYS = ("codes_", "active_", "popularity_", "price_edges_")

@@ -7,8 +7,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation import metrics as M
-from pipeline.types import RequestBatch
+from pipeline.core import metrics as M
+from pipeline.core.types import RequestBatch
 
 
 def history_batch(history: pd.DataFrame, users: np.ndarray, max_len: int) -> RequestBatch:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from channels.cobra.semantic_ids import ResidualKMeans
-from pipeline import device
+from pipeline.core import device
 
 
 class _Net(nn.Module):

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from channels.cobra.model import CobraModel
 from channels.sequence import FitReport, LoopConfig, NegativeSampler, Windows, train_loop, trim
-from pipeline import data_parallel, device
-from pipeline.types import PAD
+from pipeline.core import data_parallel, device
+from pipeline.core.types import PAD
 
 log = logging.getLogger(__name__)
 NEGATIVES = ("in_batch", "sampled", "catalog", "full")

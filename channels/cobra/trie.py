@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline import device
+from pipeline.core import device
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from channels.two_tower.index import IndexConfig, ItemIndex
 from channels.two_tower.model import ItemInputs, ItemTowerConfig, TwoTowerModel, UserTowerConfig
 from channels.sequence import build_windows
 from channels.two_tower.train import TrainConfig, build_requests, fit_model, trim
-from pipeline import device
-from pipeline.artifacts import atomic_write_json, read_json
-from pipeline.protocols import FitData
-from pipeline.types import PAD, RequestBatch, Retrieved
+from pipeline.core import device
+from pipeline.core.artifacts import atomic_write_json, read_json
+from pipeline.core.protocols import FitData
+from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class TwoTowerChannel:
         self.index, self.nlist, self.nprobe, self.hnsw_m = index, nlist, nprobe, hnsw_m
         self.ef_search, self.ef_construction, self.use_gpu = ef_search, ef_construction, use_gpu
         self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
-        self.device = device  # auto | cpu | cuda[:N] (pipeline/device.py)
+        self.device = device  # auto | cpu | cuda[:N] (pipeline/core/device.py)
 
     # ---- the small configs handed to each part -------------------------------------------
     def _params(self) -> dict:

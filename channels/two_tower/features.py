@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.artifacts import atomic_write_json, read_json
+from pipeline.core.artifacts import atomic_write_json, read_json
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 CATEGORICAL = ("category", "brand", "path")  # 'path' is the full '|' category path

@@ -22,8 +22,8 @@ from channels.sequence import (
     FitReport, LoopConfig, NegativeSampler, Windows, train_loop, trim, user_sequences,
 )
 from channels.two_tower.model import ItemInputs, TwoTowerModel
-from pipeline import data_parallel, device
-from pipeline.types import PAD
+from pipeline.core import data_parallel, device
+from pipeline.core.types import PAD
 
 log = logging.getLogger(__name__)
 LOSSES = ("full", "sampled")

@@ -189,10 +189,6 @@ def _hash_strings(digest: "hashlib._Hash", values: np.ndarray) -> None:
     digest.update(b"".join(encoded))
 
 
-def sort_interactions(frame: pd.DataFrame) -> pd.DataFrame:
-    """Canonical order (user_id, timestamp, seq), index reset."""
-    order = np.lexsort((frame["seq"].to_numpy(), frame["timestamp"].to_numpy(), frame["user_id"].to_numpy()))
-    return frame.iloc[order].reset_index(drop=True)
 
 
 def assemble(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import atomic_write_text
+from pipeline.core.artifacts import atomic_write_text
 from pipeline.evaluation.plots import all_plots
 
 

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.artifacts import atomic_write_bytes  # noqa: E402
+from pipeline.core.artifacts import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

@@ -24,7 +24,8 @@ from pipeline.serving.config import ServeConfig
 from pipeline.serving.history import AsyncStore, open_store
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import StaleRun
-from pipeline.types import CandidateSet, RequestBatch, Retrieved
+from pipeline.core.protocols import SupportsAddItems, SupportsAddItemIds
+from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 from pipeline.workflow import bind_items, load_rerank_vectors
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,9 @@ class ChannelComponent:
         """Live items, for a channel that embeds items from content (COBRA, the two-tower) or maps
         ids another service answers (the HTTP plug-in); the others cannot retrieve an item without
         interactions and leave them out."""
-        if callable(getattr(self.channel, "add_items", None)):
+        if isinstance(self.channel, SupportsAddItems):
             self.channel.add_items(frame)
-        elif callable(getattr(self.channel, "add_item_ids", None)):
+        elif isinstance(self.channel, SupportsAddItemIds):
             self.channel.add_item_ids(new_ids)
 
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
@@ -168,7 +169,7 @@ class RankerComponent(_PerArm):
 
     def _add_items(self, frame: pd.DataFrame, new_ids: list[str]) -> None:
         for ranker in self.distinct():
-            if callable(getattr(ranker, "add_items", None)):
+            if isinstance(ranker, SupportsAddItems):
                 ranker.add_items(frame)
 
     def score_many(

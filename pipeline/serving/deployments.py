@@ -31,7 +31,7 @@ from pipeline.serving.history import AsyncStore, Event, open_store
 from pipeline.serving.routes import create_app
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import IngressState, RecommendService
-from pipeline.types import CandidateSet, RequestBatch, Retrieved
+from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 

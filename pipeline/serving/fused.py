@@ -32,7 +32,7 @@ from pipeline.serving.components import ChannelComponent, RankerComponent, Reran
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import Backends, BadRequest, IngressState, RecommendService, plan_of
-from pipeline.types import RequestBatch, Retrieved
+from pipeline.core.types import RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.artifacts import atomic_write_json
+from pipeline.core.artifacts import atomic_write_json
 
 
 class StoreUnavailable(RuntimeError):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline.config import ChannelConfig, Config, ConfigError, StageConfig
 from pipeline.data import Dataset
-from pipeline.protocols import Channel, FitData
+from pipeline.core.protocols import Channel, FitData
 from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class
 from pipeline.workflow import fit_data, open_run_folder
 

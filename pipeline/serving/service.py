@@ -32,7 +32,7 @@ from pipeline.serving.config import ServeConfig
 from pipeline.serving.history import Event
 from pipeline.serving.metrics import Metrics
 from pipeline.serving.state import IngressState, Resolved, resolve
-from pipeline.types import CandidateSet, RequestBatch, Retrieved
+from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 
 __all__ = ["ArmStages", "Backends", "BadRequest", "IngressState", "RecommendService", "Resolved", "StaleRun", "resolve"]
 

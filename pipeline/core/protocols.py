@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from pipeline.types import CandidateSet, RequestBatch, Retrieved
+from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,47 @@ class Channel(Protocol):
 @runtime_checkable
 class SavableChannel(Channel, Protocol):
     def save(self, path: Path) -> None: ...
+
+
+# -- capabilities a stage may have; callers ask `isinstance(stage, Capability)` -----------------
+@runtime_checkable
+class Persistent(Protocol):
+    """Written to a run folder with `save` and read back with the class's `load`."""
+
+    def save(self, path: Path) -> None: ...
+
+    @classmethod
+    def load(cls, path: Path) -> "Persistent": ...
+
+
+@runtime_checkable
+class Trainable(Persistent, Protocol):
+    """A stage the workflow trains (`fit`), binds to the stage's interactions (`bind`) and saves."""
+
+    def fit(self, *args, **kwargs) -> "Trainable": ...
+
+    def bind(self, *args, **kwargs) -> "Trainable": ...
+
+
+@runtime_checkable
+class SupportsAddItems(Protocol):
+    """Takes live catalog rows (the items table's columns) and makes them retrievable or scorable."""
+
+    def add_items(self, items: pd.DataFrame) -> object: ...
+
+
+@runtime_checkable
+class SupportsAddItemIds(Protocol):
+    """Takes live item ids only (a channel whose items are answered by another service)."""
+
+    def add_item_ids(self, item_ids: list[str]) -> None: ...
+
+
+@runtime_checkable
+class BindsItems(Protocol):
+    """Reads the item table (and item vectors) before it serves: the rule-and-diversity re-ranker."""
+
+    def bind(self, items: pd.DataFrame, vectors: np.ndarray | None, item_ids: np.ndarray) -> object: ...
 
 
 @runtime_checkable

@@ -8,9 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.data.dataset import sort_interactions
 
 STAGES = ("valid", "test")
+
+
+def sort_interactions(frame: pd.DataFrame) -> pd.DataFrame:
+    """Canonical order (user_id, timestamp, seq), index reset."""
+    order = np.lexsort((frame["seq"].to_numpy(), frame["timestamp"].to_numpy(), frame["user_id"].to_numpy()))
+    return frame.iloc[order].reset_index(drop=True)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,121 @@
+"""Typed `params` for every built-in component, checked when a config is loaded (issue 18).
+
+Each built-in kind's parameters are the keyword arguments of its constructor: their names,
+annotations and defaults make a strict pydantic model (unknown keys and wrong types are errors),
+so a typo in `channels[2].params` fails at load with the file, the component and the key, before
+any data is read. The component still receives its params as keywords; `params_model(cls)` is also
+what the generated config reference (docs/config-reference.md, `python -m pipeline.params`) reads.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError, create_model
+
+from pipeline.config import ConfigError
+from pipeline.registry import CHANNEL_KINDS, RANKER_KINDS, RERANKER_KINDS, import_object
+
+SKIP = {"self", "name"}  # `name` is the component's config name, set by the builder
+
+
+@functools.lru_cache(maxsize=None)
+def params_model(cls: type) -> type | None:
+    """The strict pydantic model of `cls.__init__`'s keyword parameters; None when the constructor
+    takes **kwargs (it validates its own, e.g. the rule re-ranker's rerank.params models)."""
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    try:
+        hints = typing.get_type_hints(cls.__init__, vars(sys.modules[cls.__module__]))
+    except Exception:  # an annotation that does not resolve at runtime: names are still checked
+        hints = {}
+    fields: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        if name in SKIP or p.kind is p.VAR_POSITIONAL:
+            continue
+        hint = hints.get(name, Any)
+        try:
+            TypeAdapter(hint)
+        except Exception:  # e.g. a numpy array or a torch module: any value, the constructor checks it
+            hint = Any
+        fields[name] = (hint, ... if p.default is p.empty else p.default)
+    return create_model(f"{cls.__name__}Params", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                        **fields)
+
+
+def _stages(cfg) -> list[tuple[str, str, dict[str, Any], dict[str, str]]]:
+    """(where, kind, params, kind table) of every component a config names."""
+    out = [(f"channel '{c.name}'", c.kind, c.params, CHANNEL_KINDS) for c in cfg.channels]
+    out += [("ranker", cfg.ranker.kind, cfg.ranker.params, RANKER_KINDS),
+            ("rerank", cfg.rerank.kind, cfg.rerank.params, RERANKER_KINDS)]
+    for arm in cfg.arms:
+        for part, table in (("ranker", RANKER_KINDS), ("rerank", RERANKER_KINDS)):
+            stage = getattr(arm, part)
+            if stage is not None:
+                out.append((f"arm '{arm.name}' {part}", stage.kind, stage.params, table))
+    return out
+
+
+def check_params(cfg, source: str = "<config>") -> None:
+    """Every built-in component's params against its model; a ConfigError names the file, the
+    component and each bad key. Plug-ins (`kind: plugin`, 'package.module:Class') are checked when
+    they are built."""
+    for where, kind, params, table in _stages(cfg):
+        if kind not in table:
+            continue
+        cls = import_object(table[kind])
+        model = params_model(cls)
+        if model is None:
+            continue
+        try:
+            model.model_validate(params)
+        except ValidationError as err:
+            lines = [f"  params.{'.'.join(str(x) for x in e['loc'])}: {_message(e)}" for e in err.errors()]
+            raise ConfigError(f"{source}: {where}: bad parameters for {cls.__name__} (kind '{kind}')\n"
+                              + "\n".join(lines)) from None
+
+
+def _message(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown parameter"
+    if error["type"] == "missing":
+        return "required parameter missing"
+    return f"{error['msg']} (got {error.get('input')!r})"
+
+
+def reference() -> str:
+    """The Markdown reference of every built-in kind's params: name, type, default."""
+    out = ["# Component parameters", "",
+           "Generated from the constructors by `python -m pipeline.params docs/config-reference.md`;",
+           "these are the keys of a component's `params:` in a config, checked when the config loads.", ""]
+    for what, table in (("channel", CHANNEL_KINDS), ("ranker", RANKER_KINDS), ("rerank", RERANKER_KINDS)):
+        for kind, path in table.items():
+            cls = import_object(path)
+            out += [f"## {what} `{kind}` ({path})", ""]
+            model = params_model(cls)
+            if model is None:
+                out += ["Takes its own validated params; see the class docstring.", ""]
+                continue
+            out += ["| param | type | default |", "|---|---|---|"]
+            for name, f in model.model_fields.items():
+                default = "required" if f.is_required() else repr(f.default)
+                out.append(f"| `{name}` | `{_type_name(f.annotation)}` | `{default}` |")
+            out.append("")
+    return "\n".join(out)
+
+
+def _type_name(hint: Any) -> str:
+    text = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+    return (text or str(hint).replace("typing.", "")).replace("|", "or")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        Path(sys.argv[1]).write_text(reference())
+    else:
+        sys.stdout.write(reference())

@@ -1,0 +1,61 @@
+"""Component params are typed and checked when a config loads (pipeline.params; issue 18)."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, apply_overrides, load_config
+from pipeline.params import params_model, reference
+from pipeline.registry import CHANNEL_KINDS, RANKER_KINDS, import_object
+
+
+def _write(tmp_path, channels, ranker=None):
+    cfg = {"data": {"source": "synthetic", "synthetic": {"n_users": 50, "n_items": 40}},
+           "channels": channels, "ranker": ranker or {"kind": "passthrough"}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_misspelt_channel_param_fails_at_load_with_the_file_the_channel_and_the_key(tmp_path):
+    path = _write(tmp_path, [{"name": "pop", "kind": "popularity", "params": {"half_life_dayz": 3}}])
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (f"{path}: channel 'pop': bad parameters for PopularityChannel (kind 'popularity')\n"
+                              "  params.half_life_dayz: unknown parameter")
+
+
+def test_a_wrong_type_fails_at_load_and_names_the_value(tmp_path):
+    path = _write(tmp_path, [{"name": "i2i", "kind": "item2item", "params": {"window": "five"}}])
+    with pytest.raises(ConfigError, match=r"channel 'i2i': bad parameters for ItemToItemChannel \(kind 'item2item'\)\n"
+                                          r"  params.window: .*integer.* \(got 'five'\)"):
+        load_config(path)
+
+
+def test_ranker_params_are_checked_on_overrides_too(tmp_path):
+    path = _write(tmp_path, [{"name": "pop", "kind": "popularity"}], {"kind": "lgbm", "params": {"train_folds": 1}})
+    cfg = load_config(path)
+    with pytest.raises(ConfigError, match=r"<over>: ranker: bad parameters for LightGBMRanker \(kind 'lgbm'\)\n"
+                                          r"  params.max_epochs: unknown"):
+        apply_overrides(cfg, {"ranker.params.max_epochs": 3}, "<over>")
+
+
+def test_every_shipped_config_loads_and_good_params_pass_unchanged(tmp_path):
+    path = _write(tmp_path, [{"name": "i2i", "kind": "item2item", "params": {"window": 4, "pop_alpha": 0.5}}])
+    assert load_config(path).channels[0].params == {"window": 4, "pop_alpha": 0.5}
+    for name in ("quickstart", "amazon-beauty", "amazon-beauty-ab", "amazon-beauty-cobra", "synthetic-cascade"):
+        load_config(f"configs/{name}.yaml")
+
+
+def test_the_models_mirror_the_constructors():
+    pop = params_model(import_object(CHANNEL_KINDS["popularity"]))
+    assert pop.model_fields["half_life_days"].default == 7.0 and "name" not in pop.model_fields
+    mtgr = params_model(import_object(RANKER_KINDS["mtgr"]))
+    assert mtgr.model_validate({"max_epochs": 3}).max_epochs == 3
+    assert params_model(import_object("rerank.reranker:RuleDiversityReRanker")) is None  # validates its own
+
+
+def test_the_committed_reference_is_the_generated_one():
+    from pathlib import Path
+    assert Path("docs/config-reference.md").read_text() == reference(), \
+        "regenerate: python -m pipeline.params docs/config-reference.md"
