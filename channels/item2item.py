@@ -19,9 +19,7 @@ import scipy.sparse as sp
 from channels.topk import top_k_pairs
 from pipeline.core.artifacts import atomic_write_json, atomic_write_parquet, read_json
 from pipeline.core.protocols import FitData
-from pipeline.core.types import PAD, RequestBatch, Retrieved
-
-DAY = 86400.0
+from pipeline.core.types import DAY, PAD, RequestBatch, Retrieved
 
 
 class ItemToItemChannel:

@@ -20,9 +20,7 @@ import pandas as pd
 from channels.topk import mask_seen, top_k, top_k_pairs
 from pipeline.core.artifacts import atomic_write_json, read_json
 from pipeline.core.protocols import FitData
-from pipeline.core.types import RequestBatch, Retrieved
-
-DAY = 86400.0
+from pipeline.core.types import DAY, RequestBatch, Retrieved
 
 
 class PopularityChannel:

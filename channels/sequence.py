@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pipeline.core import data_parallel
-from pipeline.core.types import PAD
+from pipeline.core.types import DAY, PAD
 
 log = logging.getLogger(__name__)
-DAY = 86400.0
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,8 @@ import pandas as pd
 
 from pipeline.core.artifacts import atomic_write_json, read_json
 from pipeline.core.protocols import FitData
-from pipeline.core.types import PAD, CandidateSet, RequestBatch
+from pipeline.core.types import DAY, PAD, CandidateSet, RequestBatch
 
-DAY = 86400.0
 ATTRIBUTES = ("category", "brand", "categories")  # item-table columns used for user x item counts
 FAR_DAYS = float(np.log1p(10000.0))  # "no such item in the history"
 NEVER_ITEMS = 50  # "items ago" of a value not in the history (the default 50-item window reaches 49)
@@ -312,8 +311,6 @@ class CrossFeatures:
 def feature_config(windows_days=(7, 30, 365), price_buckets: int = 10, attributes=ATTRIBUTES) -> FeatureConfig:
     """A FeatureConfig from YAML-friendly values (lists become tuples)."""
     return FeatureConfig(tuple(int(w) for w in windows_days), int(price_buckets), tuple(attributes))
-
-
 
 
 def _runs_by_channels(pools: list[CandidateSet]) -> list[tuple[tuple[str, ...], list[CandidateSet]]]:

@@ -7,10 +7,8 @@ import numpy as np
 import torch
 
 from pipeline.core import device
-from pipeline.core.types import PAD, RequestBatch
+from pipeline.core.types import DAY, PAD, RequestBatch
 from rankers.mtgr import MTGRInputs
-
-DAY = 86400.0
 
 
 def request_inputs(batch: RequestBatch) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 PAD = -1  # padding value for item and user indices
+DAY = 86400.0  # seconds: timestamps are Unix seconds
 
 
 @dataclass(frozen=True)
