@@ -22,8 +22,8 @@ from pathlib import Path
 import yaml
 
 from bench.summary import RESULTS, quality_entry, record
-from pipeline.core.artifacts import atomic_write_json
 from pipeline.config import load_config
+from pipeline.core.artifacts import atomic_write_json
 from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.registry import RANKER_KINDS, build_stage
 from pipeline.workflow import fit_data, load_run, make_split, prepare_data, ranking_data, train

@@ -28,8 +28,8 @@ import yaml
 
 from bench.summary import RESULTS, quality_entry, record
 from channels.cobra.channel import CobraChannel
-from pipeline.data import leave_one_out, load_dataset, shuffle_ties
 from pipeline.core import metrics as M
+from pipeline.data import leave_one_out, load_dataset, shuffle_ties
 from pipeline.evaluation.harness import build_eval_set, channel_topk_fn, run_topk
 from pipeline.workflow import fit_data
 

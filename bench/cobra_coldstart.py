@@ -36,8 +36,8 @@ from bench.cobra_beauty import channel_params
 from bench.summary import RESULTS, record
 from channels.cobra.channel import CobraChannel
 from channels.item2item import ItemToItemChannel
-from pipeline.data import leave_one_out, load_dataset
 from pipeline.core import metrics as M
+from pipeline.data import leave_one_out, load_dataset
 from pipeline.evaluation.harness import build_eval_set
 from pipeline.workflow import fit_data
 

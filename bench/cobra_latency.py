@@ -26,8 +26,8 @@ import yaml
 
 from bench.summary import RESULTS, record
 from channels.cobra.channel import CobraChannel
-from pipeline.data import leave_one_out, load_dataset, shuffle_ties
 from pipeline.core import metrics as M
+from pipeline.data import leave_one_out, load_dataset, shuffle_ties
 from pipeline.evaluation.harness import build_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.summary import RESULTS, SUMMARY, record
-from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.core import metrics as M
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.evaluation.bootstrap import paired_bootstrap
 from pipeline.evaluation.harness import build_eval_set, run_topk
 from pipeline.workflow import load_run

@@ -17,9 +17,9 @@ import time
 
 from bench.cascade_beauty import ROOT, _overrides, labelled_data
 from bench.summary import RESULTS
-from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import load_config
 from pipeline.core import metrics as M
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.evaluation.bootstrap import compare_arms
 from pipeline.evaluation.harness import build_eval_set, per_user, run_topk
 from pipeline.registry import RANKER_KINDS, build_channel, build_stage

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import metrics as M
-from pipeline.evaluation.harness import EvalSet, build_eval_set
 from pipeline.core.types import PAD
+from pipeline.evaluation.harness import EvalSet, build_eval_set
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "peers" / "rectools_sasrec.py"
@@ -130,8 +130,8 @@ def main(argv=None) -> int:
     import argparse
 
     from bench.protocol_b import CONFIG, protocol
-    from pipeline.core.artifacts import atomic_write_json
     from pipeline.config import apply_overrides, load_config
+    from pipeline.core.artifacts import atomic_write_json
     from pipeline.workflow import make_split, prepare_data
 
     ap = argparse.ArgumentParser(description=main.__doc__)

@@ -34,9 +34,9 @@ import numpy as np
 
 from bench import peer as P
 from bench.summary import RESULTS, record
-from pipeline.core.artifacts import atomic_write_json
 from pipeline.config import apply_overrides, load_config
 from pipeline.core import metrics as M
+from pipeline.core.artifacts import atomic_write_json
 from pipeline.evaluation.harness import build_eval_set, channel_topk_fn, run_topk
 from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.registry import build_channel

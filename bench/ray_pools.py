@@ -21,8 +21,8 @@ import numpy as np
 
 from bench.protocol_b import CONFIG, protocol
 from bench.summary import RESULTS, record
-from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import apply_overrides, load_config
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.workflow import make_split, prepare_data, ranking_data
 from rankers.features import FeatureConfig
 

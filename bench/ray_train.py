@@ -21,8 +21,8 @@ from pathlib import Path
 
 from bench.protocol_b import protocol
 from bench.summary import RESULTS, record
-from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import TrainConfig, apply_overrides, load_config
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.registry import build_channel
 from pipeline.scale import fit_channel, trains_on_ray
 from pipeline.workflow import fit_data, make_split, prepare_data

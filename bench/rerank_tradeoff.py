@@ -26,8 +26,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from bench.summary import RESULTS  # noqa: E402
 from channels.item2item import ItemToItemChannel  # noqa: E402
 from pipeline.cascade import Cascade  # noqa: E402
-from pipeline.data import default_data_root, leave_one_out, load_dataset  # noqa: E402
 from pipeline.core import metrics as M  # noqa: E402
+from pipeline.data import default_data_root, leave_one_out, load_dataset  # noqa: E402
 from pipeline.evaluation.harness import build_eval_set, run_topk  # noqa: E402
 from pipeline.workflow import fit_data  # noqa: E402
 from rerank.reranker import RuleDiversityReRanker  # noqa: E402

@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from bench.summary import RESULTS, quality_entry, record
-from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.config import load_config
 from pipeline.core import metrics as M
+from pipeline.core.artifacts import atomic_write_json, atomic_write_text
 from pipeline.evaluation.harness import build_eval_set, channel_topk_fn, run_topk, score_lists
 from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.workflow import load_run, train

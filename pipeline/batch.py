@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipeline.core.artifacts import atomic_write_bytes
 from pipeline.config import ConfigError
-from pipeline.serving.runview import Histories
+from pipeline.core.artifacts import atomic_write_bytes
 from pipeline.core.types import PAD, RequestBatch
+from pipeline.serving.runview import Histories
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from pipeline import orchestrator
-from pipeline.orchestrator import Plan, StageResult, anonymous_rows
-from pipeline.pool import PoolSpec
 from pipeline.core.protocols import Channel, Ranker, ReRanker
 from pipeline.core.types import PAD, CandidateSet, Recommendation, Request, RequestBatch, Retrieved
+from pipeline.orchestrator import Plan, StageResult, anonymous_rows
+from pipeline.pool import PoolSpec
 from rankers.passthrough import PassThroughRanker
 from rerank.passthrough import PassThroughReRanker
 

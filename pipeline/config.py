@@ -200,11 +200,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     raw = read_yaml_mapping(path, "config")
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
-    cfg = parse_config(raw, str(path))
-    from pipeline.params import check_params  # the component tables sit above this module
-
-    check_params(cfg, str(path))
-    return cfg
+    return _parse_checked(raw, str(path))
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "<config>") -> Config:
@@ -212,11 +208,17 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "<conf
     raw = cfg.model_dump(mode="json")
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
-    out = parse_config(raw, source)
-    from pipeline.params import check_params
+    return _parse_checked(raw, source)
 
-    check_params(out, source)
-    return out
+
+def _parse_checked(raw: dict[str, Any], source: str) -> Config:
+    """A config from YAML or overrides: the models, then every built-in component's params
+    (pipeline.params; a run folder's manifest was checked when it was trained)."""
+    cfg = parse_config(raw, source)
+    from pipeline.params import check_params  # the component tables sit above this module
+
+    check_params(cfg, source)
+    return cfg
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

@@ -26,9 +26,9 @@ from typing import Any, Awaitable, Protocol, Sequence
 
 import numpy as np
 
-from pipeline.pool import PoolSpec, merge_pool
 from pipeline.core.protocols import Channel
 from pipeline.core.types import PAD, CandidateSet, RequestBatch, Retrieved
+from pipeline.pool import PoolSpec, merge_pool
 from rerank.passthrough import PassThroughReRanker
 
 log = logging.getLogger(__name__)

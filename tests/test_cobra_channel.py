@@ -10,11 +10,11 @@ import torch
 
 from channels.cobra.channel import CobraChannel
 from pipeline.config import ChannelConfig
-from pipeline.data import leave_one_out, synthesize
 from pipeline.core import metrics as M
+from pipeline.core.types import PAD
+from pipeline.data import leave_one_out, synthesize
 from pipeline.evaluation.harness import build_eval_set
 from pipeline.registry import build_channel
-from pipeline.core.types import PAD
 from pipeline.workflow import fit_data
 
 SMALL = dict(levels=[8, 4, 4], d_model=16, n_heads=2, d_ff=32, dense_dim=16, svd_dim=8, collab_dim=4, max_tokens=8,

@@ -11,8 +11,8 @@ import torch
 
 from channels.cobra.channel import CobraChannel
 from channels.two_tower.channel import TwoTowerChannel
-from pipeline.core import device
 from pipeline.config import ConfigError, parse_config
+from pipeline.core import device
 from pipeline.data import leave_one_out, synthesize
 from pipeline.workflow import fit_data
 from tests.helpers import batch_of

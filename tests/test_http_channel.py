@@ -9,8 +9,8 @@ from channels.http_channel import HttpChannel, HttpChannelError, read_path
 from channels.popularity import PopularityChannel
 from pipeline.cascade import Cascade
 from pipeline.config import ChannelConfig, ConfigError
-from pipeline.registry import build_channel
 from pipeline.core.types import PAD, Request
+from pipeline.registry import build_channel
 from tests.helpers import batch_of, tiny_fit_data
 from tests.test_serving_support import StubRecall
 

@@ -10,9 +10,9 @@ import pytest
 
 from bench import peer as P
 from bench.protocol_b import peer_entry
+from pipeline.core.types import PAD
 from pipeline.data import assemble, leave_one_out, shuffle_ties
 from pipeline.evaluation.harness import build_eval_set
-from pipeline.core.types import PAD
 
 
 def _split(seed: int | None = None):

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import parse_config
+from pipeline.core.types import Request
 from pipeline.data import synthesize
 from pipeline.evaluation.report import evaluate_run
-from pipeline.core.types import Request
 from pipeline.workflow import load_run, train
 
 

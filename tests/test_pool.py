@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.pool import PoolSpec, merge_pool
 from pipeline.core.types import PAD, Retrieved
+from pipeline.pool import PoolSpec, merge_pool
 from tests.helpers import batch_of
 
 

@@ -6,8 +6,8 @@ import numpy as np
 
 from channels.popularity import PopularityChannel
 from pipeline.cascade import Cascade
-from pipeline.pool import PoolSpec, merge_pool
 from pipeline.core.types import PAD, Request, RequestBatch, Retrieved
+from pipeline.pool import PoolSpec, merge_pool
 from rankers.passthrough import PassThroughRanker
 from rerank.passthrough import PassThroughReRanker
 from tests.helpers import tiny_fit_data

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.config import ConfigError
+from pipeline.core.types import RequestBatch
 from pipeline.serving.api import RecommendRequest
 from pipeline.serving.components import Fault, LocalBackends, stack_batches
 from pipeline.serving.config import load_serve_config, parse_serve_config
@@ -18,7 +19,6 @@ from pipeline.serving.eventlog import EventLog, read_events
 from pipeline.serving.routes import create_app
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import IngressState, RecommendService, resolve
-from pipeline.core.types import RequestBatch
 from tests.test_serving_support import tiny_run
 
 
@@ -328,9 +328,9 @@ def test_grouped_channels_are_asked_in_one_call_and_fail_alone():
     raises inside the group is dropped alone."""
     import asyncio
 
+    from pipeline.core.types import Retrieved
     from pipeline.serving.ab import ArmPlan
     from pipeline.serving.service import ArmStages
-    from pipeline.core.types import Retrieved
 
     class GroupBackends:
         group_of = {"a": "cheap", "b": "cheap"}

@@ -47,11 +47,6 @@ class Channel(Protocol):
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved: ...
 
 
-@runtime_checkable
-class SavableChannel(Channel, Protocol):
-    def save(self, path: Path) -> None: ...
-
-
 # -- capabilities a stage may have; callers ask `isinstance(stage, Capability)` -----------------
 @runtime_checkable
 class Persistent(Protocol):
@@ -61,6 +56,11 @@ class Persistent(Protocol):
 
     @classmethod
     def load(cls, path: Path) -> "Persistent": ...
+
+
+@runtime_checkable
+class SavableChannel(Channel, Persistent, Protocol):
+    """A channel a run folder holds (the others are refitted when the run loads)."""
 
 
 @runtime_checkable

@@ -7,10 +7,10 @@ from pipeline.data.dataset import (
     assemble,
     shuffle_ties,
 )
+from pipeline.core.splits import Split, leave_one_out, sort_interactions, temporal_split
 from pipeline.data.generic import load_generic
 from pipeline.data.loaders import LOADERS, default_data_root, load_dataset
 from pipeline.data.movielens import load_movielens
-from pipeline.core.splits import Split, leave_one_out, sort_interactions, temporal_split
 from pipeline.data.synthetic import synthesize, synthesize_catalog
 from pipeline.data.validate import DataValidationError
 

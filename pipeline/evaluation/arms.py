@@ -12,8 +12,8 @@ import numpy as np
 
 from pipeline.cascade import Cascade
 from pipeline.config import ArmConfig, ConfigError
-from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_stage
 from pipeline.core.types import RequestBatch
+from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_stage
 from pipeline.workflow import bind_reranker
 
 DEFAULT_ARM = "cascade"

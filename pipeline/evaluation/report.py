@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.artifacts import atomic_write_json, atomic_write_parquet
 from pipeline.core import metrics as M
+from pipeline.core.artifacts import atomic_write_json, atomic_write_parquet
 from pipeline.evaluation.arms import build_arms, latency_summary, request_latency_ms
 from pipeline.evaluation.bootstrap import compare_arms
 from pipeline.evaluation.harness import (

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import StageConfig
+from pipeline.core.protocols import SupportsAddItems, SupportsAddItemIds
+from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 from pipeline.serving.ab import ArmTable
 from pipeline.serving.catalog import LiveItems, LiveSync, split_key
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.history import AsyncStore, open_store
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import StaleRun
-from pipeline.core.protocols import SupportsAddItems, SupportsAddItemIds
-from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 from pipeline.workflow import bind_items, load_rerank_vectors
 
 log = logging.getLogger(__name__)

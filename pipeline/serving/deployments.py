@@ -23,6 +23,7 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 from pipeline.serving.catalog import LiveItems, StageKey, split_key
 from pipeline.serving.components import ChannelComponent, Fault, RankerComponent, RerankComponent
 from pipeline.serving.config import ServeConfig
@@ -31,7 +32,6 @@ from pipeline.serving.history import AsyncStore, Event, open_store
 from pipeline.serving.routes import create_app
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import IngressState, RecommendService
-from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 

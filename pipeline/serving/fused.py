@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline import orchestrator
 from pipeline.cascade import PlainStages
+from pipeline.core.types import RequestBatch, Retrieved
 from pipeline.orchestrator import StageResult
 from pipeline.serving.ab import ArmPlan
 from pipeline.serving.catalog import split_key
@@ -32,7 +33,6 @@ from pipeline.serving.components import ChannelComponent, RankerComponent, Reran
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.runview import RunView
 from pipeline.serving.service import Backends, BadRequest, IngressState, RecommendService, plan_of
-from pipeline.core.types import RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ChannelConfig, Config, ConfigError, StageConfig
-from pipeline.data import Dataset
 from pipeline.core.protocols import Channel, FitData
+from pipeline.data import Dataset
 from pipeline.registry import RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class
 from pipeline.workflow import fit_data, open_run_folder
 

@@ -27,12 +27,12 @@ from pipeline.serving.api import (
     EventsRequest, EventsResponse, FeedbackRequest, Item, ItemsRequest, ItemsResponse, ItemState, RecommendRequest,
     RecommendResponse,
 )
+from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 from pipeline.serving.catalog import StageKey, record_of
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.history import Event
 from pipeline.serving.metrics import Metrics
 from pipeline.serving.state import IngressState, Resolved, resolve
-from pipeline.core.types import CandidateSet, RequestBatch, Retrieved
 
 __all__ = ["ArmStages", "Backends", "BadRequest", "IngressState", "RecommendService", "Resolved", "StaleRun", "resolve"]
 

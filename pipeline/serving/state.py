@@ -13,13 +13,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.core.protocols import Channel
+from pipeline.core.types import RequestBatch
 from pipeline.serving.ab import ArmTable
 from pipeline.serving.api import ChannelInfo, ChannelsResponse, RecommendRequest
 from pipeline.serving.catalog import LiveItems, StageKey, first_records
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.eventlog import EventLog
 from pipeline.serving.runview import Histories, IdMaps, RunView
-from pipeline.core.types import RequestBatch
 
 
 @dataclass
