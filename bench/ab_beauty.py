@@ -2,6 +2,7 @@
 
     python -m bench.ab_beauty [--config configs/amazon-beauty-ab.yaml] [--run RUN_DIR] [--record]
     python -m bench.ab_beauty --shuffle-ties 1 --record      # protocol B (bench/results/ab_beauty_b/)
+    python -m bench.ab_beauty --shuffle-ties 1 --stage valid # the validation sweep (ab_beauty_b_valid/)
 
 Trains the run of the config (every channel for the test stage, the run's ranker and each arm's
 own ranker; see configs/amazon-beauty-ab.yaml) unless --run names a trained one, then evaluates
@@ -10,6 +11,12 @@ arm. The full report (with per-user top-k Parquet) goes to <run>/eval-test; its 
 plots are copied to bench/results/ab_beauty/. --record writes each arm as `ab_<arm>` into
 summary.json, and the "+ COBRA" arm's paired differences with the existing stack (R@10, N@10,
 tail R@10) as `ab_plus_cobra_vs_existing`; under protocol B also every channel alone.
+
+`--stage valid` is where the "+ COBRA" arm's settings are chosen (never on test): the channels
+are fitted for the validation stage, the run's ranker is LightGBM (no MTGR fit), and the arms are
+VALID_ARMS, the existing stack and COBRA added at several quotas, with the pool budget either
+shared (today's 500: COBRA's items push out the other channels' tail) or grown by COBRA's quota
+(the existing channels keep their whole pools). Nothing is recorded in summary.json.
 """
 from __future__ import annotations
 
@@ -26,6 +33,16 @@ from pipeline.evaluation.report import evaluate_run, format_table
 from pipeline.workflow import load_run, train
 
 OUT = RESULTS / "ab_beauty"
+LGBM = {"kind": "lgbm", "params": {"train_folds": 1, "holdout": 0.1}}
+EXISTING = ["popularity", "item2item", "two_tower"]
+VALID_ARMS = [  # validation only: which quota and budget the "+ COBRA" arm should use
+    {"name": "existing-stack", "channels": EXISTING, "ranker": LGBM},
+    {"name": "plus-cobra", "ranker": LGBM},  # COBRA quota 200 inside the shared budget of 500
+    {"name": "plus-cobra-b700", "budget": 700, "ranker": LGBM},
+    {"name": "plus-cobra-q100-b600", "quotas": {"cobra": 100}, "budget": 600, "ranker": LGBM},
+    {"name": "plus-cobra-q50-b550", "quotas": {"cobra": 50}, "budget": 550, "ranker": LGBM},
+    {"name": "plus-cobra-q100-b500", "quotas": {"cobra": 100}, "ranker": LGBM},
+]
 
 
 def main(argv=None) -> int:
@@ -33,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="configs/amazon-beauty-ab.yaml")
     ap.add_argument("--run", default=None, help="evaluate this trained run folder instead of training one")
     ap.add_argument("--record", action="store_true")
+    ap.add_argument("--stage", choices=("test", "valid"), default="test",
+                    help="valid: the sweep of VALID_ARMS on the validation stage (choices are made there)")
     ap.add_argument("--max-users", type=int, default=None, help="a seeded sample of users (smoke runs only)")
     ap.add_argument("--shuffle-ties", type=int, default=None, metavar="SEED",
                     help="protocol B: ties shuffled with SEED and request time 'last' everywhere "
@@ -44,10 +63,16 @@ def main(argv=None) -> int:
     robust = args.shuffle_ties is not None
     overrides = {"data.shuffle_ties": args.shuffle_ties, "eval.request_time": "last"} if robust else {}
     out = OUT.with_name(OUT.name + "_b") if robust else OUT
-    run_dir = Path(args.run) if args.run else train(load_config(args.config, overrides), stage="test")
+    if args.stage == "valid":
+        if args.record:
+            ap.error("--record is for the test stage; the validation sweep only writes its report")
+        overrides |= {"eval.stage": "valid", "ranker": LGBM, "arms": VALID_ARMS,
+                      "run.name": "amazon-beauty-ab-valid"}
+        out = out.with_name(out.name + "_valid")
+    run_dir = Path(args.run) if args.run else train(load_config(args.config, overrides), stage=args.stage)
     train_seconds = time.perf_counter() - t0
     run = load_run(run_dir)
-    eval_dir = run_dir / "eval-test"
+    eval_dir = run_dir / f"eval-{run.stage}"
     report = evaluate_run(run, max_users=args.max_users, out_dir=eval_dir)
     print(format_table(report), flush=True)
     if args.max_users is None:

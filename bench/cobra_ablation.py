@@ -119,7 +119,7 @@ def retune(name: str) -> None:
     for item in sets:
         key, _, value = item.partition("=")
         settings[key] = yaml.safe_load(value)
-        setattr(channel, key, settings[key])
+    channel.configure(**settings)
     log: list = []
     tuned = cobra_beauty.tune(channel, cobra_beauty.INFERENCE_GRID["cobra"], build_eval_set(_split(), "valid", 50), log)
     base_res = json.loads(result_file(base).read_text())
@@ -174,8 +174,7 @@ def score_test(name: str, key: str) -> int:
 
     res = json.loads(result_file(name).read_text())
     channel = CobraChannel.load(run_dir(name))
-    for k, v in res["chosen"].items():
-        setattr(channel, k, v)
+    channel.configure(**res["chosen"])
     test_set = build_eval_set(_split(), "test", 50)
     test = cobra_beauty.evaluate(channel, test_set)
     command = f"python -m bench.cobra_ablation --test {name} --key {key}"

@@ -81,20 +81,17 @@ def tune(channel, grid: dict, valid_set, log: list, block: int = 1024) -> dict:
     best, best_params = None, None
     hist = valid_set.batch.history
     for svalues in itertools.product(*(grid[k] for k in search_keys)):
-        for key, value in zip(search_keys, svalues):
-            setattr(channel, key, value)
+        channel.configure(**dict(zip(search_keys, svalues)))
         blocks = [channel.candidates(hist[lo : lo + block]) for lo in range(0, len(hist), block)]
         for fvalues in itertools.product(*(grid[k] for k in fusion_keys)):
-            for key, value in zip(fusion_keys, fvalues):
-                setattr(channel, key, value)
+            channel.configure(**dict(zip(fusion_keys, fvalues)))
             params = dict(zip(search_keys, svalues)) | dict(zip(fusion_keys, fvalues))
             res = _metrics(channel, blocks, valid_set)
             log.append({"params": params, "valid": {k: round(res[k], 4) for k in ("R@10", "N@10", "R@50")}})
             print(f"  valid {params}: R@10 {res['R@10']:.4f} N@10 {res['N@10']:.4f} R@50 {res['R@50']:.4f}", flush=True)
             if best is None or res["N@10"] > best["N@10"]:
                 best, best_params = res, params
-    for key, value in best_params.items():
-        setattr(channel, key, value)
+    channel.configure(**best_params)
     return {"params": best_params, "metrics": best}
 
 
@@ -124,9 +121,9 @@ def main(argv=None) -> int:
     fit_seconds = time.perf_counter() - t0
     valid_set, test_set = build_eval_set(split, "valid", 50), build_eval_set(split, "test", 50)
     log: list = []
-    grid_name = args.mode + ("_cosine" if args.mode == "cobra" and channel.similarity == "cosine" else "")
+    grid_name = args.mode + ("_cosine" if args.mode == "cobra" and channel.param("similarity") == "cosine" else "")
     grid = {} if args.no_tune else INFERENCE_GRID[grid_name]
-    tuned = tune(channel, grid or {"beam_size": [channel.beam_size]}, valid_set, log)
+    tuned = tune(channel, grid or {"beam_size": [channel.param("beam_size")]}, valid_set, log)
     test = {k: float("nan") for k in ("R@5", "N@5", "R@10", "N@10", "R@20", "R@50")} if args.no_test else evaluate(channel, test_set)
     seconds = time.perf_counter() - t0
     name = f"cobra_{args.mode}{args.tag or ('' if args.shuffle_ties is None else '_b')}"  # protocol B files apart

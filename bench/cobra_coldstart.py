@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     cobra.add_items(ds.items[ds.items["item_id"].isin(cold)])
     seconds["cobra"] = time.perf_counter() - t
     for q in reversed(quotas):  # the recorded (first) quota last, so the channel's params say it
-        cobra.cold_quota = q
+        cobra.configure(cold_quota=q)
         results["cobra" if q == quotas[0] else f"cobra_quota{q}"] = recalls(cobra, evalset, rows)
     print("cobra", {name: r for name, r in results.items()}, flush=True)
     t = time.perf_counter()

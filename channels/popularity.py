@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from channels.topk import mask_seen, top_k, top_k_pairs
 from pipeline.core.artifacts import atomic_write_json, read_json
-from pipeline.core.protocols import FitData
+from pipeline.core.protocols import FALLBACK, FitData
 from pipeline.core.types import DAY, RequestBatch, Retrieved
 
 
 class PopularityChannel:
+    roles: ClassVar[tuple[str, ...]] = (FALLBACK,)  # needs no history: it can answer when the others fail
+
     def __init__(
         self,
         *,

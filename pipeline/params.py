@@ -8,6 +8,7 @@ what the generated config reference (docs/config-reference.md, `python -m pipeli
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import sys
@@ -27,6 +28,9 @@ SKIP = {"self", "name"}  # `name` is the component's config name, set by the bui
 def params_model(cls: type) -> type | None:
     """The strict pydantic model of `cls.__init__`'s keyword parameters; None when the constructor
     takes **kwargs (it validates its own, e.g. the rule re-ranker's rerank.params models)."""
+    declared = getattr(cls, "config_class", None)
+    if declared is not None:  # the component takes one config object (e.g. CobraConfig)
+        return declared
     sig = inspect.signature(cls.__init__)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return None
@@ -103,10 +107,28 @@ def reference() -> str:
                 continue
             out += ["| param | type | default |", "|---|---|---|"]
             for name, f in model.model_fields.items():
+                if dataclasses.is_dataclass(f.annotation):  # a nested part: one row per field
+                    out += [f"| `{name}.{sub.name}` | `{_type_name(sub.type)}` | `{getattr(f.default, sub.name)!r}` |"
+                            for sub in dataclasses.fields(f.annotation) if sub.name not in _derived(cls, name)]
+                    continue
                 default = "required" if f.is_required() else repr(f.default)
                 out.append(f"| `{name}` | `{_type_name(f.annotation)}` | `{default}` |")
-            out.append("")
+            out += _flat_note(cls) + [""]
     return "\n".join(out)
+
+
+def _derived(cls: type, part: str) -> set[str]:
+    """Fields of a nested part that fitting fills in (a config class's DERIVED), not listed."""
+    return set(getattr(sys.modules[cls.config_class.__module__], "DERIVED", {}).get(part, ()))
+
+
+def _flat_note(cls: type) -> list[str]:
+    renamed = getattr(sys.modules[cls.config_class.__module__], "RENAMED", None) if hasattr(cls, "config_class") else None
+    if not renamed:
+        return []
+    pairs = ", ".join(f"`{flat}` = `{part}.{name}`" for flat, (part, name) in renamed.items())
+    return ["", "A nested field may also be given flat by its own name (`lr: 0.004` for `train.lr`); "
+            f"these flat names differ from the field's: {pairs}."]
 
 
 def _type_name(hint: Any) -> str:

@@ -34,7 +34,7 @@ from pipeline.registry import (
 from pipeline.scale import fit_channel, fit_on_ray, trains_on_ray
 
 log = logging.getLogger(__name__)
-FALLBACK = "fallback"  # name of the cascade's own popularity channel
+FALLBACK = "fallback"  # name of the cascade's own fallback channel
 RERANK_VECTORS = "rerank_vectors.npy"  # item vectors for the re-ranker's similarity (MMR), in the run folder
 
 
@@ -100,9 +100,9 @@ class Run:
 
 
 def fallback_channel(data: FitData):
-    """The cascade's own popularity channel (role: fallback), fitted on the stage's data: a
-    separate object from any configured channel, so it still answers when they all fail, and it
-    exists when no popularity channel is configured."""
+    """The cascade's own fallback (a popularity channel, which declares the fallback role), fitted on
+    the stage's data: a separate object from any configured channel, so it still answers when they
+    all fail, and it exists when no channel declaring the role is configured."""
     from channels.popularity import PopularityChannel
 
     return PopularityChannel(name=FALLBACK).fit(data)

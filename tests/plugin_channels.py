@@ -43,3 +43,9 @@ class RecordingChannel(LastCategoryChannel):
     def fit(self, data):
         RecordingChannel.seen_rows.append(data.train[["user_id", "item_id", "timestamp"]].copy())
         return super().fit(data)
+
+
+class FallbackCategoryChannel(LastCategoryChannel):
+    """The same channel, declaring the fallback role: on an empty history it is plain popularity."""
+
+    roles = ("fallback",)

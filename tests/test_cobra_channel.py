@@ -69,12 +69,12 @@ def test_a_request_is_answered_with_k_items_when_the_beams_hold_few(world, fitte
     _, _, _, evalset = world
     ch = fitted["cobra"]
     batch = evalset.batch.take(slice(0, 30))
-    before = ch.catalog_neighbors
+    before = ch.config
     try:
-        ch.catalog_neighbors = 2
+        ch.configure(catalog_neighbors=2)
         out = ch.retrieve(batch, 40, beam_size=2)
     finally:
-        ch.catalog_neighbors = before
+        ch.config = before
     assert (out.items != PAD).all()  # 2 beams x 2 neighbours + their IDs' items alone hold far fewer than 40
 
 
@@ -83,12 +83,12 @@ def test_catalog_neighbours_are_scored_by_their_own_id(world, fitted):
 
     _, _, _, evalset = world
     ch = fitted["cobra"]
-    saved = ch.catalog_neighbors, ch.neighbor_id_score
+    saved = ch.config
     try:
-        ch.catalog_neighbors, ch.neighbor_id_score = 15, "own"
+        ch.configure(catalog_neighbors=15, neighbor_id_score="own")
         hist = evalset.batch.history[:64]
         cands = ch.candidates(hist)
-        beam_leaf = beam_search(ch.model_, ch.history_states(hist), ch.trie_, ch.beam_size).leaf.numpy()  # (B, W)
+        beam_leaf = beam_search(ch.model_, ch.history_states(hist), ch.trie_, ch.config.beam.beam_size).leaf.numpy()  # (B, W)
         item_leaf = ch.trie_.item_leaf[cands.items]
         held = (beam_leaf[cands.rows] == item_leaf[:, None]).any(axis=1)  # the item's ID is among its row's beams
         assert held.any() and (~held).any()  # leaf items and neighbours from outside the beams
@@ -99,24 +99,24 @@ def test_catalog_neighbours_are_scored_by_their_own_id(world, fitted):
         assert all(len(set(row[row != PAD].tolist())) == (row != PAD).sum() for row in out)
         assert all(not (set(row.tolist()) & set(h[h != PAD].tolist())) for row, h in zip(out, hist))
     finally:
-        ch.catalog_neighbors, ch.neighbor_id_score = saved
+        ch.config = saved
 
 
 def test_history_catalog_query_adds_the_nearest_items_of_the_id_free_vector(world, fitted):
     _, _, _, evalset = world
     ch = fitted["cobra"]
     hist = evalset.batch.history[:32]
-    saved = ch.catalog_neighbors, ch.neighbor_id_score, ch.catalog_query
+    saved = ch.config
     try:
-        ch.catalog_neighbors, ch.neighbor_id_score = 0, "own"
+        ch.configure(catalog_neighbors=0, neighbor_id_score="own")
         leaf = ch.candidates(hist)  # the items inside the beams' IDs alone
-        ch.catalog_neighbors, ch.catalog_query = 6, "history"
+        ch.configure(catalog_neighbors=6, catalog_query="history")
         cands = ch.candidates(hist)
         out = ch.retrieve(evalset.batch.take(slice(0, 32)), 10)
         with torch.no_grad():
             v_hist = ch.model_.dense_vector(ch.history_states(hist)).numpy()
     finally:
-        ch.catalog_neighbors, ch.neighbor_id_score, ch.catalog_query = saved
+        ch.config = saved
     assert (out.items != PAD).all()
     scores = np.where(ch.active_[None, :], v_hist @ ch.item_vecs_.T, -np.inf)  # (B, n_items)
     expected = list(zip(leaf.rows.tolist(), leaf.items.tolist(), leaf.sim.tolist()))
@@ -224,6 +224,24 @@ def test_registry_builds_the_channel_from_config():
     assert isinstance(ch, CobraChannel) and ch.name == "gen" and ch.mode == "tiger"
 
 
+def test_modes_are_an_id_scheme_plus_a_retrieval_head_not_flags():
+    import ast
+    import inspect
+
+    import channels.cobra.channel as module
+    from channels.cobra.parts import MODES, DenseHead, SparseHead
+
+    assert {m: (p.ids.unique, type(p.head)) for m, p in MODES.items()} == {
+        "cobra": (False, DenseHead), "cobra_sparse": (False, SparseHead), "tiger": (True, SparseHead)}
+    assert all(CobraChannel(mode=m).parts is MODES[m] for m in MODES)
+    # the channel never asks which mode it is in: no comparison with a mode's name
+    names = set(MODES)
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Compare):
+            parts = [node.left, *node.comparators]
+            assert not any(isinstance(p, ast.Constant) and p.value in names for p in parts), ast.unparse(node)
+
+
 def test_errors_before_fit_and_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         CobraChannel(mode="hstu")
@@ -262,7 +280,7 @@ def test_cold_quota_fills_the_last_places_with_the_nearest_new_items(world, fitt
     new = ds.items.iloc[:6].assign(item_id=np.arange(n, n + 6), title=lambda f: f["title"] + " new")
     ch.add_items(new)
     assert set(range(n, n + 6)) <= set(ch.cold_items().tolist())
-    ch.cold_quota = 3
+    ch.configure(cold_quota=3)
     got = ch.retrieve(batch, 10)
     with torch.no_grad():
         v_hist = ch.model_.dense_vector(ch.history_states(batch.history)).numpy()
@@ -276,12 +294,12 @@ def test_cold_quota_fills_the_last_places_with_the_nearest_new_items(world, fitt
         assert not np.isin(got.items[r], batch.seen_of(r)).any()
     assert (np.diff(got.scores, axis=1) <= 0).all()
     # the places above the quota are the answer without it
-    ch.cold_quota = 0
+    ch.configure(cold_quota=0)
     plain = ch.retrieve(batch, 10)
     assert (got.items[:, :7] == plain.items[:, :7]).all()
-    ch.cold_quota = 3
+    ch.configure(cold_quota=3)
     ch.save(tmp_path / "again")
     again = CobraChannel.load(tmp_path / "again")
-    assert again.cold_quota == 3 and (again.retrieve(batch, 10).items == got.items).all()
+    assert again.config.cold_quota == 3 and (again.retrieve(batch, 10).items == got.items).all()
     with pytest.raises(ValueError, match="cold_quota must be >= 0, and 0 in mode 'tiger'"):
         CobraChannel(mode="tiger", cold_quota=2)

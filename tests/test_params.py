@@ -59,3 +59,37 @@ def test_the_committed_reference_is_the_generated_one():
     from pathlib import Path
     assert Path("docs/config-reference.md").read_text() == reference(), \
         "regenerate: python -m pipeline.params docs/config-reference.md"
+
+
+def test_cobra_takes_one_config_with_nested_parts_given_flat_or_nested():
+    from channels.cobra.beam import BeamConfig
+    from channels.cobra.channel import CobraChannel
+    from channels.cobra.config import CobraConfig
+
+    flat = CobraChannel(fusion_tau=2.0, lr=0.004, levels=[8, 8], index="hnsw", max_train_seconds=60)
+    nested = CobraChannel(CobraConfig(beam={"tau": 2.0}, train={"lr": 0.004, "max_seconds": 60}, ids={"levels": [8, 8]},
+                                      ann={"kind": "hnsw"}))
+    assert flat.config == nested.config
+    cfg = flat.config
+    assert cfg.beam == BeamConfig(tau=2.0) and cfg.ids.levels == (8, 8) and cfg.ann.kind == "hnsw"
+    # a part given as a mapping changes the channel's defaults, not the part's own
+    assert cfg.train.negatives == "full" and cfg.train.similarity == "dot" and cfg.encoder.collab == "covisit"
+    assert CobraConfig.model_validate(cfg.dump()) == cfg  # what params.json stores reads back the same
+    assert cfg.with_(catalog_neighbors=7).beam.catalog_neighbors == 7 and cfg.beam.catalog_neighbors == 0
+    with pytest.raises(TypeError, match="not both"):
+        CobraChannel(cfg, beam_size=5)
+
+
+def test_cobra_params_are_checked_at_load_flat_nested_and_derived(tmp_path):
+    def fails(params, message):
+        path = _write(tmp_path, [{"name": "gen", "kind": "cobra", "params": params}])
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert str(err.value).startswith(f"{path}: channel 'gen': bad parameters for CobraChannel (kind 'cobra')\n")
+        assert message in str(err.value)
+
+    fails({"fusion_tauu": 1.0}, "params.fusion_tauu: unknown parameter")
+    fails({"beam": {"beam_sizes": 5}}, "params.beam.beam_sizes: Unexpected keyword argument")
+    fails({"beam_size": "wide"}, "params.beam.beam_size: Input should be a valid integer")
+    fails({"train": {"seed": 3}}, "train.seed is derived when fitting, not set")
+    fails({"mode": "tiger", "cold_quota": 2}, "cold_quota must be >= 0, and 0 in mode 'tiger'")

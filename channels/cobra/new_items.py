@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from channels.cobra.catalog import encode_items, leaf_log_prior
+from channels.cobra.catalog import leaf_log_prior
 from channels.cobra.features import build_features
-from channels.cobra.semantic_ids import next_free_tokens
 from channels.cobra.trie import CodeTrie
 
 
@@ -27,22 +26,15 @@ def add_items(ch, items: pd.DataFrame) -> np.ndarray:
     grow(ch, n + len(new))
     content = ch.encoder_.transform(frame)
     base = ch.quantizer_.encode(content)
-    if ch.mode == "tiger":
-        extra = next_free_tokens(ch.codes_[ch.active_], base, ch.sizes_[-1], ch.name)
-        codes = np.concatenate([base, extra[:, None]], axis=1)
-    else:
-        codes = base
+    codes = ch.parts.ids.new_codes(ch, base)
     ch.codes_[ids] = codes
     ch.active_[ids] = True
     feats = build_features(ch.encoder_.tfidf(frame), content, frame.get("price"), ch.price_edges_, ids,
-                           np.zeros(len(ids), bool), ch.max_tokens)
+                           np.zeros(len(ids), bool), ch.config.items.max_tokens)
     ch.features_ = ch.features_.set_rows(ids, feats)
     ch.trie_ = CodeTrie.build(ch.codes_, tuple(ch.sizes_), ch.active_)
     ch.log_prior_ = leaf_log_prior(ch.trie_, ch.popularity_, ch.active_)
-    if ch.dense:
-        raw = encode_items(ch.model_, ch.features_, ids)
-        ch.item_raw_[ids], ch.item_vecs_[ids] = raw, ch._scored(raw)
-        ch.index_.add_with_ids(np.ascontiguousarray(ch.item_vecs_[ids]), ids)
+    ch.parts.head.add(ch, ids)
     ch.cold_ = ch.cold_items()
     return codes
 
@@ -53,6 +45,4 @@ def grow(ch, n: int) -> None:
     ch.active_ = np.r_[ch.active_, np.zeros(extra, bool)]
     ch.popularity_ = np.r_[ch.popularity_, np.zeros(extra)]
     ch.codes_ = np.concatenate([ch.codes_, np.zeros((extra, ch.codes_.shape[1]), np.int64)])
-    if ch.dense:
-        ch.item_raw_ = np.concatenate([ch.item_raw_, np.zeros((extra, ch.item_raw_.shape[1]), np.float32)])
-        ch.item_vecs_ = np.concatenate([ch.item_vecs_, np.zeros((extra, ch.item_vecs_.shape[1]), np.float32)])
+    ch.parts.head.grow(ch, extra)

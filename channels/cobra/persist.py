@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from channels.cobra.catalog import leaf_log_prior, load_index, save_index
+from channels.cobra.catalog import leaf_log_prior
 from channels.cobra.encoder import ContentEncoder
 from channels.cobra.features import ItemFeatures
 from channels.cobra.model import CobraModel, ModelConfig
@@ -29,9 +29,7 @@ def save_channel(ch, path: Path) -> None:
     for name in ARRAYS:
         np.save(path / f"{name[:-1]}.npy", getattr(ch, name), allow_pickle=False)
     ch.features_.save(path)
-    if ch.dense:
-        np.save(path / "item_raw.npy", ch.item_raw_, allow_pickle=False)
-        save_index(ch.index_, path / "index.faiss")
+    ch.parts.head.save(ch, path)
     model_cfg = asdict(ch.model_cfg_) | {"code_sizes": list(ch.model_cfg_.code_sizes)}
     atomic_write_json(path / "semantic_ids_report.json", ch.report_)
     atomic_write_json(path / "params.json", {"format": FORMAT, "params": ch._params(), "sizes": ch.sizes_,
@@ -52,7 +50,7 @@ def restore_channel(ch, path: Path, meta: dict):
     ch.sizes_, ch.fit_report_ = [int(s) for s in meta["sizes"]], meta["fit_report"]
     ch.report_ = read_json(path / "semantic_ids_report.json")
     ch.encoder_ = ContentEncoder.load(path / "encoder")
-    ch.quantizer_ = load_quantizer(path / "quantizer", ch.quantizer)
+    ch.quantizer_ = load_quantizer(path / "quantizer", ch.config.ids.quantizer)
     for name in ARRAYS:
         setattr(ch, name, np.load(path / f"{name[:-1]}.npy", allow_pickle=False))
     ch.features_ = ItemFeatures.load(path)
@@ -62,9 +60,6 @@ def restore_channel(ch, path: Path, meta: dict):
     ch.model_.eval()
     ch.trie_ = CodeTrie.build(ch.codes_, tuple(ch.sizes_), ch.active_)
     ch.log_prior_ = leaf_log_prior(ch.trie_, ch.popularity_, ch.active_)
-    if ch.dense:
-        ch.item_raw_ = np.load(path / "item_raw.npy", allow_pickle=False)
-        ch.item_vecs_ = ch._scored(ch.item_raw_)
-        ch.index_ = load_index(path / "index.faiss", ch.index_config())
+    ch.parts.head.restore(ch, path)
     ch.cold_ = ch.cold_items()
     return ch

@@ -30,7 +30,7 @@ def valid_callback(channel, history: pd.DataFrame, targets: pd.DataFrame, max_us
         tg = tg.iloc[pick]
     users = tg["user_id"].to_numpy(np.int64)
     truth = tg["item_id"].to_numpy(np.int64)
-    batch = history_batch(history, users, channel.max_len)
+    batch = history_batch(history, users, channel.config.model.max_len)
 
     def evaluate() -> dict:
         topk = channel.retrieve(batch, k).items

@@ -47,6 +47,16 @@ class Channel(Protocol):
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved: ...
 
 
+# -- roles a channel class declares in `roles` (a tuple of these names) ------------------------
+FALLBACK = "fallback"  # answers any request, the empty history included, from the stage's data alone
+
+
+def declares_role(component: object, role: str) -> bool:
+    """Whether a channel (class or instance) declares `role` in its `roles` attribute. The serving
+    fallback is the first served channel declaring FALLBACK, never a kind picked by its name."""
+    return role in getattr(component, "roles", ())
+
+
 # -- capabilities a stage may have; callers ask `isinstance(stage, Capability)` -----------------
 @runtime_checkable
 class Persistent(Protocol):

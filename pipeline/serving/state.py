@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipeline.core.protocols import Channel
+from pipeline.core.protocols import FALLBACK, Channel, declares_role
+from pipeline.registry import channel_class
 from pipeline.core.types import RequestBatch
 from pipeline.serving.ab import ArmTable
 from pipeline.serving.api import ChannelInfo, ChannelsResponse, RecommendRequest
@@ -20,6 +21,7 @@ from pipeline.serving.catalog import LiveItems, StageKey, first_records
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.eventlog import EventLog
 from pipeline.serving.runview import Histories, IdMaps, RunView
+from pipeline.workflow import fallback_channel
 
 
 @dataclass
@@ -75,11 +77,10 @@ class IngressState:
 
     @classmethod
     def build(cls, view: RunView, cfg: ServeConfig, with_logs: bool = True) -> "IngressState":
-        from channels.popularity import PopularityChannel
-
         served = view.channel_configs()
-        pops = [n for n, c in served.items() if c.kind == "popularity"]
-        fallback = view.load_channel(pops[0]) if pops else PopularityChannel().fit(view.fit_data())
+        # lazily, in order: the classes are imported only up to the first one declaring the role
+        first = next((n for n, c in served.items() if declares_role(channel_class(c), FALLBACK)), None)
+        fallback = view.load_channel(first) if first else fallback_channel(view.fit_data())
         logs = (None, None)
         if with_logs:
             folder = cfg.logging.dir or str(view.path / "serve_logs")
