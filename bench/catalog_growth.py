@@ -216,7 +216,7 @@ def one_size(n_items: int, sample_users: int, n_requests: int, seed: int) -> dic
     trie_bytes += sum(a.numel() * a.element_size() for lst in vars(trie).values() if isinstance(lst, (list, tuple))
                       for a in lst if isinstance(a, torch.Tensor))
     out["cobra"] = {"trie_mb": round(trie_bytes / 1e6, 2), "codes": int(len(np.unique(cobra.codes_, axis=0))),
-                    "beam_size": cobra.param("beam_size"), "p99_ms": out["latency"]["cobra"]["p99_ms"]}
+                    "beam_size": cobra.beam_size, "p99_ms": out["latency"]["cobra"]["p99_ms"]}
     out["peak_rss_gb"] = round(rss_gb(), 2)
     return out
 

@@ -121,9 +121,9 @@ def main(argv=None) -> int:
     fit_seconds = time.perf_counter() - t0
     valid_set, test_set = build_eval_set(split, "valid", 50), build_eval_set(split, "test", 50)
     log: list = []
-    grid_name = args.mode + ("_cosine" if args.mode == "cobra" and channel.param("similarity") == "cosine" else "")
+    grid_name = args.mode + ("_cosine" if args.mode == "cobra" and channel.similarity == "cosine" else "")
     grid = {} if args.no_tune else INFERENCE_GRID[grid_name]
-    tuned = tune(channel, grid or {"beam_size": [channel.param("beam_size")]}, valid_set, log)
+    tuned = tune(channel, grid or {"beam_size": [channel.beam_size]}, valid_set, log)
     test = {k: float("nan") for k in ("R@5", "N@5", "R@10", "N@10", "R@20", "R@50")} if args.no_test else evaluate(channel, test_set)
     seconds = time.perf_counter() - t0
     name = f"cobra_{args.mode}{args.tag or ('' if args.shuffle_ties is None else '_b')}"  # protocol B files apart

@@ -49,7 +49,7 @@ def measure(channel: CobraChannel, batch, beam: int, n_warm: int = 20) -> dict:
     channel.retrieve(batch, 10, beam_size=beam)
     batched = 1e3 * (time.perf_counter() - t) / len(batch)
     ms = np.array(times)
-    return {"beam_size": beam, "search_beams": channel.param("search_beams"), "requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+    return {"beam_size": beam, "search_beams": channel.search_beams, "requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
             "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
             "batched_ms_per_request": batched}
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     evalset = build_eval_set(split, "test", 50, max_users=args.requests, seed=0)
     valid = build_eval_set(split, "valid", 50) if args.quality else None
     def one_row(beam: int, setting: str = "") -> dict:
-        res = measure(channel, evalset.batch, beam) | {"catalog_query": channel.param("catalog_query"), "setting": setting}
+        res = measure(channel, evalset.batch, beam) | {"catalog_query": channel.catalog_query, "setting": setting}
         if valid is not None:
             topk = np.concatenate([channel.retrieve(valid.batch.take(slice(lo, lo + 1024)), 10, beam_size=beam).items
                                    for lo in range(0, len(valid), 1024)])
@@ -103,15 +103,15 @@ def main(argv=None) -> int:
         channel.configure(**{key: yaml.safe_load(value) for key, value in pairs})
         extra.append(one_row(20, compare))
         channel.config = before
-    meta = {"command": command, "run": args.run, "mode": channel.mode, "catalog_neighbors": channel.param("catalog_neighbors"),
-            "dense_levels": channel.param("dense_levels"), "dense_condition": channel.param("dense_condition"),
-            "search_beams": channel.param("search_beams"), "catalog_query": channel.param("catalog_query"), "settings": args.set,
+    meta = {"command": command, "run": args.run, "mode": channel.mode, "catalog_neighbors": channel.catalog_neighbors,
+            "dense_levels": channel.dense_levels, "dense_condition": channel.dense_condition,
+            "search_beams": channel.search_beams, "catalog_query": channel.catalog_query, "settings": args.set,
             "compared": extra,
             "torch_threads": args.threads, "k": 10, "machine": "2-core CPU shared with other jobs (see load)",
             "load_average": os.getloadavg(), "results": rows}
     (RESULTS / "cobra_latency.json").write_text(json.dumps(meta, indent=1))
     lines = [f"COBRA ({channel.mode}) beam-search latency per request, in process, k=10, "
-             f"catalog_neighbors={channel.param('catalog_neighbors')}, {args.threads} torch thread(s); load average "
+             f"catalog_neighbors={channel.catalog_neighbors}, {args.threads} torch thread(s); load average "
              f"{meta['load_average'][0]:.1f} on 2 cores.", "",
              "| beam | settings | p50 ms | p90 ms | p99 ms | mean ms | batched ms/request | valid R@10 | valid N@10 |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -118,12 +118,12 @@ def reference() -> str:
 
 
 def _derived(cls: type, part: str) -> set[str]:
-    """Fields of a nested part that fitting fills in (a config class's DERIVED), not listed."""
-    return set(getattr(sys.modules[cls.config_class.__module__], "DERIVED", {}).get(part, ()))
+    """Fields of a nested part that fitting fills in (the config class's DERIVED), not listed."""
+    return set(cls.config_class.DERIVED.get(part, ()))
 
 
 def _flat_note(cls: type) -> list[str]:
-    renamed = getattr(sys.modules[cls.config_class.__module__], "RENAMED", None) if hasattr(cls, "config_class") else None
+    renamed = getattr(getattr(cls, "config_class", None), "RENAMED", None)
     if not renamed:
         return []
     pairs = ", ".join(f"`{flat}` = `{part}.{name}`" for flat, (part, name) in renamed.items())

@@ -88,7 +88,7 @@ def test_catalog_neighbours_are_scored_by_their_own_id(world, fitted):
         ch.configure(catalog_neighbors=15, neighbor_id_score="own")
         hist = evalset.batch.history[:64]
         cands = ch.candidates(hist)
-        beam_leaf = beam_search(ch.model_, ch.history_states(hist), ch.trie_, ch.config.beam.beam_size).leaf.numpy()  # (B, W)
+        beam_leaf = beam_search(ch.model_, ch.history_states(hist), ch.trie_, ch.beam_size).leaf.numpy()  # (B, W)
         item_leaf = ch.trie_.item_leaf[cands.items]
         held = (beam_leaf[cands.rows] == item_leaf[:, None]).any(axis=1)  # the item's ID is among its row's beams
         assert held.any() and (~held).any()  # leaf items and neighbours from outside the beams
@@ -300,6 +300,6 @@ def test_cold_quota_fills_the_last_places_with_the_nearest_new_items(world, fitt
     ch.configure(cold_quota=3)
     ch.save(tmp_path / "again")
     again = CobraChannel.load(tmp_path / "again")
-    assert again.config.cold_quota == 3 and (again.retrieve(batch, 10).items == got.items).all()
+    assert again.cold_quota == 3 and (again.retrieve(batch, 10).items == got.items).all()
     with pytest.raises(ValueError, match="cold_quota must be >= 0, and 0 in mode 'tiger'"):
         CobraChannel(mode="tiger", cold_quota=2)

@@ -93,3 +93,24 @@ def test_cobra_params_are_checked_at_load_flat_nested_and_derived(tmp_path):
     fails({"beam_size": "wide"}, "params.beam.beam_size: Input should be a valid integer")
     fails({"train": {"seed": 3}}, "train.seed is derived when fitting, not set")
     fails({"mode": "tiger", "cold_quota": 2}, "cold_quota must be >= 0, and 0 in mode 'tiger'")
+
+
+def test_two_tower_takes_one_config_and_its_parameters_read_as_attributes():
+    from channels.sequence import SequenceConfig
+    from channels.two_tower.channel import TwoTowerChannel
+    from channels.two_tower.config import TwoTowerConfig
+
+    flat = TwoTowerChannel(d_model=32, dropout=0.1, lr=0.01, index="hnsw", use_content=False)
+    nested = TwoTowerChannel(TwoTowerConfig(user={"d_model": 32, "dropout": 0.1}, train={"lr": 0.01},
+                                            ann={"kind": "hnsw"}, item={"use_content": False}))
+    assert flat.config == nested.config and flat.config.user == SequenceConfig(d_model=32, dropout=0.1)
+    assert flat.config.train.loss == "sampled" and flat.config.train.batch_size == 256  # the channel's defaults
+    assert (flat.d_model, flat.lr, flat.use_content, flat.num_threads) == (32, 0.01, False, 2)
+    with pytest.raises(AttributeError, match=r"'lr' is a parameter of TwoTowerChannel: change it with configure\(lr=...\)"):
+        flat.lr = 0.1
+    assert flat.configure(lr=0.1).config.train.lr == 0.1
+    flat.num_threads = 1  # runtime settings stay assignable (pipeline/scale.py sets them on a worker's copy)
+    assert flat.config.num_threads == 1
+    with pytest.raises(ValueError, match="loss must be one of"):
+        flat.configure(loss="hinge")
+    assert flat.config.train.loss == "sampled"  # a rejected change leaves the config as it was

@@ -171,8 +171,8 @@ def test_save_load_round_trip(synthetic, tmp_path, kind):
     ids = np.arange(data.n_items)
     np.testing.assert_allclose(channel.item_vectors(ids), trained.item_vectors(ids), rtol=1e-6, atol=1e-6)
     assert np.array_equal(channel.retrieve(probe, 20).items, trained.retrieve(probe, 20).items)
-    channel.index, channel.nlist, channel.nprobe = kind, 4, 2
-    channel.index_ = ItemIndex.build(channel.item_vectors(np.arange(data.n_items)), channel.index_config())
+    channel.configure(index=kind, nlist=4, nprobe=2)
+    channel.index_ = ItemIndex.build(channel.item_vectors(np.arange(data.n_items)), channel.config.ann)
     batch = build_eval_set(split, "test", 50).batch.take(slice(0, 64))
     before = channel.retrieve(batch, 20)
     channel.save(tmp_path / "ch")

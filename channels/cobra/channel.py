@@ -43,11 +43,12 @@ from channels.cobra.trie import CodeTrie
 from channels.sequence import build_windows
 from pipeline.core import device as placement
 from pipeline.core.protocols import FitData
+from pipeline.core.schema import Configured
 from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 
 
-class CobraChannel:
+class CobraChannel(Configured):
     """The COBRA channel of one `CobraConfig` (config.py), given whole or as its keys (flat or by
     part): `CobraChannel(CobraConfig(...), name=...)` or `CobraChannel(name=..., beam_size=50)`."""
 
@@ -69,14 +70,6 @@ class CobraChannel:
             raise ValueError(f"channel '{self.name}': the mode of a fitted channel cannot change")
         self.config, self.parts = config, MODES[config.mode]
         return self
-
-    def param(self, key: str) -> Any:
-        """One parameter by its flat name (`beam_size`, `fusion_tau`) or a top-level one."""
-        return self.config.get(key)
-
-    @property
-    def mode(self) -> str:
-        return self.config.mode
 
     # where and how it runs, read by pipeline.core.device and set on a worker's copy by pipeline/scale.py
     num_threads = property(lambda self: self.config.num_threads, lambda self, v: self.configure(num_threads=v))

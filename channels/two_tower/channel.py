@@ -14,21 +14,24 @@ features.json + features_*.npy, item_raw.npy, index.faiss. No pickle.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from channels.two_tower.config import TwoTowerConfig, train_config
 from channels.two_tower.features import ItemFeatureEncoder, ItemFeatures
 from channels.two_tower.index import IndexConfig, ItemIndex
-from channels.two_tower.model import ItemInputs, ItemTowerConfig, TwoTowerModel, UserTowerConfig
+from channels.two_tower.model import ItemInputs, ItemTowerConfig, TwoTowerModel
 from channels.sequence import build_windows
-from channels.two_tower.train import TrainConfig, build_requests, fit_model, trim
-from pipeline.core import device
+from channels.two_tower.train import build_requests, fit_model, trim
+from pipeline.core import device as placement
 from pipeline.core.artifacts import atomic_write_json, read_json
 from pipeline.core.protocols import FitData
+from pipeline.core.schema import Configured
 from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
@@ -38,144 +41,109 @@ USER_CHUNK = 256  # requests encoded together (sorted by history length to cut p
 
 def item_inputs(features: ItemFeatures, ids: np.ndarray | None = None) -> ItemInputs:
     ids = np.arange(len(features), dtype=np.int64) if ids is None else np.array(ids, np.int64)  # a writable copy
-    return ItemInputs(device.tensor(ids), *(device.tensor(np.ascontiguousarray(getattr(features, f)))
+    return ItemInputs(placement.tensor(ids), *(placement.tensor(np.ascontiguousarray(getattr(features, f)))
                                                  for f in ("category", "brand", "path", "price", "tokens")))
 
 
-class TwoTowerChannel:
+class TwoTowerChannel(Configured):
+    """The two-tower channel of one `TwoTowerConfig` (config.py), given whole or as its keys (flat
+    or by part): `TwoTowerChannel(TwoTowerConfig(...), name=...)` or `TwoTowerChannel(lr=0.004)`."""
+
     data_parallel = True  # train.backend: ray fits it under Ray Train (pipeline/scale.py)
+    config_class = TwoTowerConfig  # what a config's `params` are checked against (pipeline/params.py)
 
-    def __init__(
-        self, *, name: str = "two_tower",
-        # user tower
-        d_model: int = 64, n_layers: int = 2, n_heads: int = 2, d_ff: int = 256, max_len: int = 50,
-        dropout: float = 0.4, time_buckets: int = 0,
-        # item tower
-        use_content: bool = True, text_buckets: int = 32768, max_tokens: int = 32, price_buckets: int = 10,
-        min_count: int = 2, id_dropout: float = 0.0, normalize: bool = False,
-        # training
-        loss: str = "sampled", n_negatives: int = 2048, sampler: str = "popularity", sampler_power: float = 0.75,
-        temperature: float = 1.0, weighting: str = "batch", lr: float = 4e-3, weight_decay: float = 0.0,
-        batch_size: int = 256, max_epochs: int = 60, patience: int = 5, epochs: int = 20, refit: bool = False,
-        # index
-        index: str = "flat", nlist: int = 128, nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 256,
-        ef_construction: int = 200, use_gpu: bool = True,
-        # runtime
-        num_threads: int | None = 2, seed: int | None = None, progress: bool = True, eval_batch_size: int = 1024,
-        device: str = "cpu",
-    ) -> None:
+    def __init__(self, config: TwoTowerConfig | None = None, /, *, name: str = "two_tower", **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("give the TwoTowerConfig or its parameters, not both")
         self.name = name
-        self.d_model, self.n_layers, self.n_heads, self.d_ff, self.max_len = d_model, n_layers, n_heads, d_ff, max_len
-        self.dropout, self.time_buckets = dropout, time_buckets
-        self.use_content, self.text_buckets, self.max_tokens = use_content, text_buckets, max_tokens
-        self.price_buckets, self.min_count = price_buckets, min_count
-        self.id_dropout, self.normalize = id_dropout, normalize
-        self.loss, self.n_negatives, self.sampler, self.sampler_power = loss, n_negatives, sampler, sampler_power
-        self.temperature, self.weighting, self.lr = temperature, weighting, lr
-        self.weight_decay, self.batch_size = weight_decay, batch_size
-        self.max_epochs, self.patience, self.epochs, self.refit = max_epochs, patience, epochs, refit
-        self.index, self.nlist, self.nprobe, self.hnsw_m = index, nlist, nprobe, hnsw_m
-        self.ef_search, self.ef_construction, self.use_gpu = ef_search, ef_construction, use_gpu
-        self.num_threads, self.seed, self.progress, self.eval_batch_size = num_threads, seed, progress, eval_batch_size
-        self.device = device  # auto | cpu | cuda[:N] (pipeline/core/device.py)
+        self.config = config if config is not None else TwoTowerConfig.model_validate(params)
 
-    # ---- the small configs handed to each part -------------------------------------------
+    # where and how it runs, read by pipeline.core.device and set on a worker's copy by pipeline/scale.py
+    num_threads = property(lambda self: self.config.num_threads, lambda self, v: self.configure(num_threads=v))
+    progress = property(lambda self: self.config.progress, lambda self, v: self.configure(progress=v))
+    device = property(lambda self: self.config.device, lambda self, v: self.configure(device=v))
+
     def _params(self) -> dict:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
+        return self.config.dump()
 
     def item_config(self, n_items: int, sizes: dict[str, int]) -> ItemTowerConfig:
-        return ItemTowerConfig(n_items=n_items, d_model=self.d_model, use_content=self.use_content,
+        item = self.config.item
+        return ItemTowerConfig(n_items=n_items, d_model=self.config.user.d_model, use_content=item.use_content,
                                n_category=sizes["category"], n_brand=sizes["brand"], n_path=sizes["path"],
-                               n_price=sizes["price"], text_buckets=sizes["tokens"], id_dropout=self.id_dropout)
-
-    def user_config(self) -> UserTowerConfig:
-        return UserTowerConfig(d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads, d_ff=self.d_ff,
-                               max_len=self.max_len, dropout=self.dropout, time_buckets=self.time_buckets)
-
-    def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(loss=self.loss, n_negatives=self.n_negatives, sampler=self.sampler,
-                           sampler_power=self.sampler_power, temperature=self.temperature,
-                           weighting=self.weighting, lr=self.lr,
-                           weight_decay=self.weight_decay, batch_size=self.batch_size, max_epochs=self.max_epochs,
-                           patience=self.patience, epochs=self.epochs, max_len=self.max_len, seed=seed,
-                           eval_batch_size=self.eval_batch_size, progress=self.progress)
-
-    def index_config(self) -> IndexConfig:
-        return IndexConfig(kind=self.index, nlist=self.nlist, nprobe=self.nprobe, hnsw_m=self.hnsw_m,
-                           ef_search=self.ef_search, ef_construction=self.ef_construction, use_gpu=self.use_gpu)
+                               n_price=sizes["price"], text_buckets=sizes["tokens"], id_dropout=item.id_dropout)
 
     def _build_model(self, n_items: int, sizes: dict[str, int], seed: int) -> TwoTowerModel:
         torch.manual_seed(seed)
-        return TwoTowerModel(self.item_config(n_items, sizes), self.user_config(), normalize=self.normalize)
+        return TwoTowerModel(self.item_config(n_items, sizes), self.config.user, normalize=self.config.item.normalize)
 
     # ---- fit / retrieve -------------------------------------------------------------------
-    @device.on_device
+    @placement.on_device
     def fit(self, data: FitData) -> "TwoTowerChannel":
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        seed = data.seed if self.seed is None else self.seed
-        cfg = self.train_config(seed)  # validates loss / sampler before any work
-        index_cfg = self.index_config()
-        self.encoder_ = ItemFeatureEncoder(text_buckets=self.text_buckets, max_tokens=self.max_tokens,
-                                           price_buckets=self.price_buckets, min_count=self.min_count).fit(data.items)
+        seed = data.seed if self.config.seed is None else self.config.seed
+        cfg, max_len = train_config(self.config, seed), self.config.user.max_len
+        self.encoder_ = ItemFeatureEncoder(**asdict(self.config.features)).fit(data.items)
         self.features_ = self.encoder_.transform(data.items)
         if len(self.features_) != data.n_items:
             raise ValueError(f"channel '{self.name}': items table has {len(self.features_)} rows, "
                              f"FitData.n_items is {data.n_items}")
         self.n_trained_ = data.n_items
         content_note = None
-        if self.use_content and not self.features_.has_content():
+        if self.config.item.use_content and not self.features_.has_content():
             # a catalog without metadata (e.g. Amazon Toys here): the shared 'unknown' content vector
             # only blurs the id embeddings (Toys: valid R@10 .012 after 5 epochs with it, .040 after
             # 4 without), so the item tower is the id embedding alone; saved params say so
             log.warning("channel '%s': the items table has no content (no category, brand, price or text); "
                         "training without content features (use_content=False)", self.name)
-            self.use_content, content_note = False, "no item content in the data: use_content set to False"
+            self.configure(use_content=False)
+            content_note = "no item content in the data: use_content set to False"
         self.model_ = self._build_model(data.n_items, self.encoder_.cardinalities(), seed)
         with_valid = data.valid is not None and data.valid_history is not None
         frame = data.valid_history if with_valid else data.train
-        valid = build_requests(data.valid_history, data.valid, self.max_len) if with_valid else None
-        report = fit_model(self.model_, item_inputs(self.features_), build_windows(frame, self.max_len), cfg, valid)
+        valid = build_requests(data.valid_history, data.valid, max_len) if with_valid else None
+        report = fit_model(self.model_, item_inputs(self.features_), build_windows(frame, max_len), cfg, valid)
         self.fit_report_ = {"best_epoch": report.best_epoch, "best": report.best, "epochs": report.epochs,
                             "seconds": report.seconds, "cpu_seconds": report.cpu_seconds, "early_stopping": with_valid,
-                            "content": content_note or ("used" if self.use_content else "off")}
-        if self.refit and with_valid:  # a fresh model on the full history, for the epoch count validation chose
+                            "content": content_note or ("used" if self.config.item.use_content else "off")}
+        if self.config.refit and with_valid:  # a fresh model on the full history, for the epoch count validation chose
             self.model_ = self._build_model(data.n_items, self.encoder_.cardinalities(), seed)
-            again = fit_model(self.model_, item_inputs(self.features_), build_windows(data.train, self.max_len),
+            again = fit_model(self.model_, item_inputs(self.features_), build_windows(data.train, max_len),
                               replace(cfg, epochs=max(report.best_epoch, 1)))
             self.fit_report_["refit"] = {"epochs": again.best_epoch, "seconds": again.seconds,
                                          "on": "train (validation targets included)"}
-        self._index_all(index_cfg)
+        self._index_all(self.config.ann)
         return self
 
     @torch.no_grad()
     def _index_all(self, index_cfg: IndexConfig) -> None:
         self.model_.eval()
-        self.item_raw_ = device.numpy(self.model_.item_tower(item_inputs(self.features_)))  # (N, d)
+        self.item_raw_ = placement.numpy(self.model_.item_tower(item_inputs(self.features_)))  # (N, d)
         self.index_ = ItemIndex.build(self._scored(self.item_raw_), index_cfg)
 
     def _scored(self, raw: np.ndarray) -> np.ndarray:
-        return device.numpy(self.model_.output(device.tensor(raw))).astype(np.float32)
+        return placement.numpy(self.model_.output(placement.tensor(raw))).astype(np.float32)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise RuntimeError(f"channel '{self.name}': call fit() or load() before retrieve()")
 
-    @device.on_device
+    @placement.on_device
     @torch.no_grad()
     def user_vectors(self, batch: RequestBatch) -> np.ndarray:
         """The user tower's vector of every request (float32 [B, d]) from its last max_len items."""
         self._check_fitted()
         self.model_.eval()
-        history, times = batch.history[:, -self.max_len :], batch.history_times[:, -self.max_len :]
-        raw = device.tensor(self.item_raw_)  # (N, d)
-        out = np.zeros((len(batch), self.d_model), np.float32)
+        max_len = self.config.user.max_len
+        history, times = batch.history[:, -max_len:], batch.history_times[:, -max_len:]
+        raw = placement.tensor(self.item_raw_)  # (N, d)
+        out = np.zeros((len(batch), self.config.user.d_model), np.float32)
         order = np.argsort((history != PAD).sum(1), kind="stable")  # similar lengths share a chunk
         for lo in range(0, len(order), USER_CHUNK):
             rows = order[lo : lo + USER_CHUNK]
             h, t = trim(history[rows], times[rows])  # drop columns that are padding in every row
-            states = self.model_.user_states(raw, device.tensor(h), device.tensor(t))  # (b, L, d)
-            out[rows] = device.numpy(states[:, -1])  # (b, d)
+            states = self.model_.user_states(raw, placement.tensor(h), placement.tensor(t))  # (b, L, d)
+            out[rows] = placement.numpy(states[:, -1])  # (b, d)
         return out
 
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
@@ -196,7 +164,7 @@ class TwoTowerChannel:
         return Retrieved(items, scores)
 
     # ---- new items ------------------------------------------------------------------------
-    @device.on_device
+    @placement.on_device
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Scored vectors (float32 [n, d]): of known item ids (array), or computed by the item tower
@@ -216,9 +184,9 @@ class TwoTowerChannel:
             raise ValueError(f"channel '{self.name}': the items frame needs an 'item_id' column (dense index)")
         self.model_.eval()
         inputs = item_inputs(self.encoder_.transform(items), items["item_id"].to_numpy(np.int64))
-        return device.numpy(self.model_.item_tower(inputs))  # (n, d)
+        return placement.numpy(self.model_.item_tower(inputs))  # (n, d)
 
-    @device.on_device
+    @placement.on_device
     def add_items(self, items: pd.DataFrame) -> np.ndarray:
         """Add items with the next dense ids (n, n+1, ...) to the index; returns their vectors."""
         self._check_fitted()
@@ -250,7 +218,7 @@ class TwoTowerChannel:
     def load(cls, path: Path) -> "TwoTowerChannel":
         path = Path(path)
         meta = read_json(path / "params.json")
-        ch = cls(**meta["params"])
+        ch = cls(**meta["params"])  # nested, or flat when saved before TwoTowerConfig: both are read
         if ch.num_threads:
             torch.set_num_threads(ch.num_threads)
         ch.n_trained_, ch.fit_report_ = int(meta["n_trained"]), meta["fit_report"]
@@ -258,8 +226,8 @@ class TwoTowerChannel:
         ch.features_ = ItemFeatures.load(path)
         ch.model_ = ch._build_model(ch.n_trained_, ch.encoder_.cardinalities(), 0)
         ch.model_.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-        ch.model_.to(device.resolve(ch.device))
+        ch.model_.to(placement.resolve(ch.device))
         ch.model_.eval()
         ch.item_raw_ = np.load(path / "item_raw.npy", allow_pickle=False)
-        ch.index_ = ItemIndex.load(path / "index.faiss", ch.index_config())
+        ch.index_ = ItemIndex.load(path / "index.faiss", ch.config.ann)
         return ch
