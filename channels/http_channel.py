@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 import requests
+from pydantic import Field, model_validator
 from requests.adapters import HTTPAdapter
 
 from pipeline.core.protocols import FitData
+from pipeline.core.schema import Configured, PartsConfig
 from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
@@ -57,28 +59,44 @@ def read_path(obj: Any, path: str) -> Any:
     return read_path(obj[head], rest) if sep else obj[head]
 
 
-class HttpChannel:
-    def __init__(
-        self, *, name: str = "http", url: str, timeout_ms: float = 50.0, request: dict[str, str | None] | None = None,
-        response: dict[str, str | None] | None = None, history_len: int = 50, headers: dict[str, str] | None = None,
-        max_workers: int = 4, deadline_ms: float | None = None,
-    ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"channel '{name}': url must start with http:// or https://, got {url!r}")
-        unknown = set(request or {}) - set(DEFAULT_REQUEST) | set(response or {}) - set(DEFAULT_RESPONSE)
+class HttpConfig(PartsConfig):
+    url: str = Field(description="where each request row is POSTed (http:// or https://)")
+    timeout_ms: float = Field(50.0, description="per call; a slow service fails the row")
+    request: dict[str, str | None] = Field({}, description="field names sent, over DEFAULT_REQUEST (null: omit)")
+    response: dict[str, str | None] = Field({}, description="dotted paths read, over DEFAULT_RESPONSE")
+    history_len: int = Field(50, description="most recent history items sent")
+    headers: dict[str, str] = Field({}, description="sent with every call")
+    max_workers: int = Field(4, description="rows of a batch called concurrently")
+    deadline_ms: float | None = Field(None, description="the whole batch (None: 2 x timeout_ms)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "HttpConfig":
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        unknown = set(self.request) - set(DEFAULT_REQUEST) | set(self.response) - set(DEFAULT_RESPONSE)
         if unknown:
-            raise ValueError(f"channel '{name}': unknown request/response mapping keys {sorted(unknown)}")
+            raise ValueError(f"unknown request/response mapping keys {sorted(unknown)}")
+        if self.deadline_ms is not None and self.deadline_ms <= 0:
+            raise ValueError(f"deadline_ms must be > 0, got {self.deadline_ms}")
+        return self
+
+    @property
+    def sent(self) -> dict[str, str | None]:
+        return {**DEFAULT_REQUEST, **self.request}
+
+    @property
+    def read(self) -> dict[str, str | None]:
+        return {**DEFAULT_RESPONSE, **self.response}
+
+
+class HttpChannel(Configured):
+    config_class = HttpConfig  # what a config's `params` are checked against (pipeline/params.py)
+
+    def __init__(self, config: HttpConfig | None = None, /, *, name: str = "http", **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("give the HttpConfig or its parameters, not both")
         self.name = name
-        self.url = url
-        self.timeout_ms = timeout_ms
-        self.request = {**DEFAULT_REQUEST, **(request or {})}
-        self.response = {**DEFAULT_RESPONSE, **(response or {})}
-        self.history_len = history_len
-        self.headers = dict(headers or {})
-        self.max_workers = max_workers
-        if deadline_ms is not None and deadline_ms <= 0:
-            raise ValueError(f"channel '{name}': deadline_ms must be > 0, got {deadline_ms}")
-        self.deadline_ms = deadline_ms
+        self.config = config if config is not None else HttpConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "HttpChannel":
         if data.user_ids is None or data.item_ids is None:
@@ -100,8 +118,8 @@ class HttpChannel:
     def _session(self) -> requests.Session:
         if getattr(self, "_http", None) is None:
             session = requests.Session()
-            session.mount("http://", HTTPAdapter(pool_maxsize=self.max_workers))
-            session.mount("https://", HTTPAdapter(pool_maxsize=self.max_workers))
+            session.mount("http://", HTTPAdapter(pool_maxsize=self.config.max_workers))
+            session.mount("https://", HTTPAdapter(pool_maxsize=self.config.max_workers))
             self._http = session
         return self._http
 
@@ -112,21 +130,21 @@ class HttpChannel:
         user = int(batch.users[row])
         values = {
             "user_id": None if user == PAD else str(self.user_ids_[user]),
-            "history": self.item_ids_[batch.history_of(row)[-self.history_len:]].tolist(),
-            "k": int(k) + int(min(batch.lengths[row], self.history_len)),  # seen items are dropped here
+            "history": self.item_ids_[batch.history_of(row)[-self.config.history_len:]].tolist(),
+            "k": int(k) + int(min(batch.lengths[row], self.config.history_len)),  # seen items are dropped here
             "context": dict(batch.contexts[row]) if batch.contexts else {},
         }
-        return {field: values[key] for key, field in self.request.items() if field}
+        return {field: values[key] for key, field in self.config.sent.items() if field}
 
     def _call(self, payload: dict[str, Any], timeout_s: float) -> tuple[list[Any], list[Any] | None]:
-        r = self._session().post(self.url, json=payload, headers=self.headers, timeout=timeout_s)
+        r = self._session().post(self.config.url, json=payload, headers=self.config.headers, timeout=timeout_s)
         r.raise_for_status()
         body = r.json()
-        items = read_path(body, self.response["items"])
+        items = read_path(body, self.config.read["items"])
         scores = None
-        if self.response.get("scores"):
+        if self.config.read.get("scores"):
             try:
-                scores = read_path(body, self.response["scores"])
+                scores = read_path(body, self.config.read["scores"])
             except HttpChannelError:  # scores are optional: keep the service's order
                 scores = None
         if not isinstance(items, list) or (scores is not None and (not isinstance(scores, list) or len(scores) != len(items))):
@@ -139,7 +157,7 @@ class HttpChannel:
         if left <= 0:
             return None
         try:
-            items, scores = self._call(self._payload(batch, row, k), min(self.timeout_ms / 1e3, left))
+            items, scores = self._call(self._payload(batch, row, k), min(self.config.timeout_ms / 1e3, left))
             return self._map_row(batch, row, k, items, scores)
         except (requests.RequestException, ValueError, TypeError, HttpChannelError) as err:
             log.warning("channel %s: row %d failed: %s", self.name, row, err)
@@ -164,25 +182,25 @@ class HttpChannel:
 
     def deadline_s(self) -> float:
         """The time one batch may take, all rows together."""
-        return (self.deadline_ms if self.deadline_ms is not None else 2.0 * self.timeout_ms) / 1e3
+        return (self.config.deadline_ms if self.config.deadline_ms is not None else 2.0 * self.config.timeout_ms) / 1e3
 
     def retrieve(self, batch: RequestBatch, k: int) -> Retrieved:
         if not hasattr(self, "item_index_"):
             raise RuntimeError(f"channel '{self.name}': call fit() before retrieve()")
         n = len(batch)
         end = time.monotonic() + self.deadline_s()
-        if n == 1 or self.max_workers == 1:  # in turn, each row only while time is left
+        if n == 1 or self.config.max_workers == 1:  # in turn, each row only while time is left
             rows = [self._row(batch, r, k, end) for r in range(n)]
         else:
             if getattr(self, "_pool", None) is None:
-                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix=f"http-{self.name}")
+                self._pool = ThreadPoolExecutor(self.config.max_workers, thread_name_prefix=f"http-{self.name}")
             futures = [self._pool.submit(self._row, batch, r, k, end) for r in range(n)]
             wait(futures, timeout=max(0.0, end - time.monotonic()))
             rows = [f.result() if f.done() else None for f in futures]
             for f in futures:
                 f.cancel()  # rows past the deadline that have not started
         if n and all(r is None for r in rows):
-            raise HttpChannelError(f"channel '{self.name}': every call to {self.url} failed")
+            raise HttpChannelError(f"channel '{self.name}': every call to {self.config.url} failed")
         out = Retrieved(np.full((n, k), PAD, np.int64), np.full((n, k), -np.inf, np.float32),
                         np.array([r is None for r in rows], bool))
         for r, got in enumerate(rows):

@@ -11,40 +11,39 @@ The defaults are the best of a grid on Amazon Beauty's validation split (bench/c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pydantic import Field
 
 from channels.topk import top_k_pairs
 from pipeline.core.artifacts import atomic_write_json, atomic_write_parquet, read_json
 from pipeline.core.protocols import FitData
+from pipeline.core.schema import Configured, PartsConfig
 from pipeline.core.types import DAY, PAD, RequestBatch, Retrieved
 
 
-class ItemToItemChannel:
-    def __init__(
-        self,
-        *,
-        name: str = "item2item",
-        window: int = 5,
-        forward_weight: float = 1.0,
-        backward_weight: float = 0.25,
-        distance_power: float = 1.0,
-        time_decay_days: float | None = None,
-        pop_alpha: float = 0.0,
-        history_len: int = 5,
-        history_decay: float = 0.3,
-    ) -> None:
+class ItemToItemConfig(PartsConfig):
+    window: int = Field(5, description="positions apart a pair may be to count")
+    forward_weight: float = Field(1.0, description="weight of a pair in sequence order (a before b)")
+    backward_weight: float = Field(0.25, description="weight of the reverse direction")
+    distance_power: float = Field(1.0, description="a pair's weight is divided by distance ** this")
+    time_decay_days: float | None = Field(None, description="half-life of a pair's weight over the time gap (None: none)")
+    pop_alpha: float = Field(0.0, description="columns divided by popularity ** this (damps popular targets)")
+    history_len: int = Field(5, description="last history items a request is scored from")
+    history_decay: float = Field(0.3, description="weight of a history item: history_decay ** its age")
+
+
+class ItemToItemChannel(Configured):
+    config_class = ItemToItemConfig  # what a config's `params` are checked against (pipeline/params.py)
+
+    def __init__(self, config: ItemToItemConfig | None = None, /, *, name: str = "item2item", **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("give the ItemToItemConfig or its parameters, not both")
         self.name = name
-        self.window = window
-        self.forward_weight = forward_weight
-        self.backward_weight = backward_weight
-        self.distance_power = distance_power
-        self.time_decay_days = time_decay_days
-        self.pop_alpha = pop_alpha
-        self.history_len = history_len
-        self.history_decay = history_decay
+        self.config = config if config is not None else ItemToItemConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "ItemToItemChannel":
         frame = data.train
@@ -52,16 +51,16 @@ class ItemToItemChannel:
         items = frame["item_id"].to_numpy(np.int64)
         ts = frame["timestamp"].to_numpy(np.float64)
         rows, cols, vals = [], [], []
-        for d in range(1, self.window + 1):
+        for d in range(1, self.config.window + 1):
             same = users[d:] == users[:-d]
             a, b = items[:-d][same], items[d:][same]
-            w = np.full(a.shape[0], 1.0 / d**self.distance_power)
-            if data.has_time and self.time_decay_days:
+            w = np.full(a.shape[0], 1.0 / d**self.config.distance_power)
+            if data.has_time and self.config.time_decay_days:
                 gap = (ts[d:][same] - ts[:-d][same]) / DAY
-                w = w * 0.5 ** (gap / self.time_decay_days)
+                w = w * 0.5 ** (gap / self.config.time_decay_days)
             rows += [a, b]
             cols += [b, a]
-            vals += [w * self.forward_weight, w * self.backward_weight]
+            vals += [w * self.config.forward_weight, w * self.config.backward_weight]
         n = data.n_items
         if rows:
             mat = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
@@ -69,17 +68,17 @@ class ItemToItemChannel:
             mat = sp.coo_matrix((n, n))
         mat = mat.tocsr()
         mat.sum_duplicates()
-        if self.pop_alpha:
+        if self.config.pop_alpha:
             pop = np.bincount(items, minlength=n).astype(np.float64)
-            mat = mat @ sp.diags(1.0 / np.maximum(pop, 1.0) ** self.pop_alpha)
+            mat = mat @ sp.diags(1.0 / np.maximum(pop, 1.0) ** self.config.pop_alpha)
         mat.eliminate_zeros()
         self.matrix_ = mat.astype(np.float32).tocsr()
         return self
 
     def _query_matrix(self, batch: RequestBatch) -> sp.csr_matrix:
-        hist = batch.history[:, -self.history_len :]
+        hist = batch.history[:, -self.config.history_len :]
         age = np.arange(hist.shape[1])[::-1]  # 0 for the most recent column
-        weights = np.broadcast_to(self.history_decay ** age, hist.shape)
+        weights = np.broadcast_to(self.config.history_decay ** age, hist.shape)
         r, c = np.nonzero((hist != PAD) & (hist < self.matrix_.shape[0]))  # items added after fitting: no neighbours
         return sp.csr_matrix((weights[r, c], (r, hist[r, c])), shape=(len(batch), self.matrix_.shape[0]))
 
@@ -122,9 +121,7 @@ class ItemToItemChannel:
         atomic_write_json(path / "params.json", self._params() | {"n_items": self.matrix_.shape[0]})
 
     def _params(self) -> dict:
-        keys = ("name", "window", "forward_weight", "backward_weight", "distance_power", "time_decay_days",
-                "pop_alpha", "history_len", "history_decay")
-        return {k: getattr(self, k) for k in keys}
+        return {"name": self.name} | self.config.model_dump()
 
     @classmethod
     def load(cls, path: Path) -> "ItemToItemChannel":

@@ -13,52 +13,57 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
 from channels.topk import mask_seen, top_k, top_k_pairs
 from pipeline.core.artifacts import atomic_write_json, read_json
 from pipeline.core.protocols import FALLBACK, FitData
+from pipeline.core.schema import Configured, PartsConfig
 from pipeline.core.types import DAY, RequestBatch, Retrieved
 
 
-class PopularityChannel:
-    roles: ClassVar[tuple[str, ...]] = (FALLBACK,)  # needs no history: it can answer when the others fail
+class PopularityConfig(PartsConfig):
+    half_life_days: float | None = Field(7.0, description="decay half-life of a count (None: no decay)")
+    bucket_days: float = Field(7.0, description="width of the time buckets the state is kept at")
+    point_in_time: bool = Field(True, description="a request sees only interactions before its time")
+    by_context_category: bool = Field(True, description="restrict to context['category'] when a request names one")
+    head: int = Field(2048, description="best items kept in order per bucket (requests walk this list)")
 
-    def __init__(
-        self,
-        *,
-        name: str = "popularity",
-        half_life_days: float | None = 7.0,
-        bucket_days: float = 7.0,
-        point_in_time: bool = True,
-        by_context_category: bool = True,
-        head: int = 2048,
-    ) -> None:
+    @field_validator("head")
+    @classmethod
+    def _head(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"popularity: head must be >= 1, got {v}")
+        return v
+
+
+class PopularityChannel(Configured):
+    roles: ClassVar[tuple[str, ...]] = (FALLBACK,)  # needs no history: it can answer when the others fail
+    config_class = PopularityConfig  # what a config's `params` are checked against (pipeline/params.py)
+
+    def __init__(self, config: PopularityConfig | None = None, /, *, name: str = "popularity", **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("give the PopularityConfig or its parameters, not both")
         self.name = name
-        self.half_life_days = half_life_days
-        self.bucket_days = bucket_days
-        self.point_in_time = point_in_time
-        self.by_context_category = by_context_category
-        if head < 1:
-            raise ValueError(f"popularity: head must be >= 1, got {head}")
-        self.head = head
+        self.config = config if config is not None else PopularityConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "PopularityChannel":
         items = data.train["item_id"].to_numpy(np.int64)
-        use_time = data.has_time and self.point_in_time
+        use_time = data.has_time and self.config.point_in_time
         ts = data.train["timestamp"].to_numpy(np.float64) if data.has_time else np.zeros(len(items))
         self.t0_ = float(ts.min()) if len(ts) else 0.0
-        width = self.bucket_days * DAY
+        width = self.config.bucket_days * DAY
         n_buckets = int((ts.max() - self.t0_) // width) + 1 if (use_time and len(ts)) else 1
         bucket = ((ts - self.t0_) // width).astype(np.int64) if use_time else np.zeros(len(items), np.int64)
         counts = np.zeros((n_buckets, data.n_items), np.float64)
         np.add.at(counts, (bucket, items), 1.0)
         decay = 1.0
-        if data.has_time and self.half_life_days:
-            decay = 0.5 ** (self.bucket_days / self.half_life_days)
+        if data.has_time and self.config.half_life_days:
+            decay = 0.5 ** (self.config.bucket_days / self.config.half_life_days)
         # state_[b] = decayed counts of everything strictly before bucket b; the last row is "now"
         state = np.zeros((n_buckets + 1, data.n_items), np.float32)
         acc = np.zeros(data.n_items, np.float64)
@@ -77,7 +82,7 @@ class PopularityChannel:
     def _index(self) -> None:
         """Per bucket, the `head` best items in answer order; per category, its items."""
         n = self.state_.shape[1]
-        h = min(self.head, n)
+        h = min(self.config.head, n)
         order = np.empty((self.state_.shape[0], h), np.int64)
         for b, row in enumerate(self.state_):
             scores = row + self.tiebreak_  # float32, exactly what the dense path ranks
@@ -94,7 +99,7 @@ class PopularityChannel:
     def _rows(self, batch: RequestBatch) -> np.ndarray:
         if not self.use_time_:
             return np.full(len(batch), self.state_.shape[0] - 1)
-        width = self.bucket_days * DAY
+        width = self.config.bucket_days * DAY
         b = np.floor((batch.now.astype(np.float64) - self.t0_) / width).astype(np.int64)
         return np.clip(b, 0, self.state_.shape[0] - 1)
 
@@ -132,7 +137,7 @@ class PopularityChannel:
         return fresh.sum(axis=1)
 
     def _wanted(self, batch: RequestBatch) -> list:
-        if not self.by_context_category or self.categories_ is None or not batch.contexts:
+        if not self.config.by_context_category or self.categories_ is None or not batch.contexts:
             return [None] * len(batch)
         return [c.get("category") if c else None for c in batch.contexts]
 
@@ -163,14 +168,7 @@ class PopularityChannel:
         atomic_write_json(path / "params.json", self._params() | {"t0": self.t0_, "use_time": self.use_time_})
 
     def _params(self) -> dict:
-        return {
-            "name": self.name,
-            "half_life_days": self.half_life_days,
-            "bucket_days": self.bucket_days,
-            "point_in_time": self.point_in_time,
-            "by_context_category": self.by_context_category,
-            "head": self.head,
-        }
+        return {"name": self.name} | self.config.model_dump()
 
     @classmethod
     def load(cls, path: Path) -> "PopularityChannel":

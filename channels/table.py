@@ -6,12 +6,15 @@ Rows whose user or item is not in the dataset are dropped (counted in `dropped_r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from pipeline.core.artifacts import atomic_write_json, atomic_write_parquet, read_json
 from pipeline.core.protocols import FitData
+from pipeline.core.schema import Configured, PartsConfig
 from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 REQUIRED = ("user_id", "item_id", "score")
@@ -33,15 +36,23 @@ def read_candidate_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-class CandidateTableChannel:
-    def __init__(self, *, name: str = "table", path: str) -> None:
+class CandidateTableConfig(PartsConfig):
+    path: str = Field(description="Parquet or CSV with user_id, item_id and optional score (original ids)")
+
+
+class CandidateTableChannel(Configured):
+    config_class = CandidateTableConfig  # what a config's `params` are checked against (pipeline/params.py)
+
+    def __init__(self, config: CandidateTableConfig | None = None, /, *, name: str = "table", **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("give the CandidateTableConfig or its parameters, not both")
         self.name = name
-        self.path = path
+        self.config = config if config is not None else CandidateTableConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "CandidateTableChannel":
         if data.user_ids is None or data.item_ids is None:
-            raise ValueError(f"channel '{self.name}': fit data needs the original id maps to read {self.path}")
-        frame = read_candidate_table(self.path)
+            raise ValueError(f"channel '{self.name}': fit data needs the original id maps to read {self.config.path}")
+        frame = read_candidate_table(self.config.path)
         users = pd.Series(np.arange(len(data.user_ids)), index=pd.Index(data.user_ids.astype(str)))
         items = pd.Series(np.arange(len(data.item_ids)), index=pd.Index(data.item_ids.astype(str)))
         u = users.reindex(frame["user_id"].astype(str).to_numpy()).to_numpy()
@@ -79,7 +90,7 @@ class CandidateTableChannel:
         path = Path(path)
         users = np.repeat(np.arange(len(self.offsets_) - 1), np.diff(self.offsets_))
         atomic_write_parquet(path / "table.parquet", pd.DataFrame({"user": users, "item": self.items_, "score": self.scores_}))
-        atomic_write_json(path / "params.json", {"name": self.name, "path": self.path,
+        atomic_write_json(path / "params.json", {"name": self.name, "path": self.config.path,
                                                  "n_users": len(self.offsets_) - 1, "dropped_rows": self.dropped_rows_})
 
     @classmethod

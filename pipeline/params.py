@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import sys
 import typing
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError, create_model
 
 from pipeline.config import ConfigError
+from pipeline.core.schema import problems
 from pipeline.registry import CHANNEL_KINDS, RANKER_KINDS, RERANKER_KINDS, import_object
 
 SKIP = {"self", "name"}  # `name` is the component's config name, set by the builder
@@ -79,17 +81,8 @@ def check_params(cfg, source: str = "<config>") -> None:
         try:
             model.model_validate(params)
         except ValidationError as err:
-            lines = [f"  params.{'.'.join(str(x) for x in e['loc'])}: {_message(e)}" for e in err.errors()]
             raise ConfigError(f"{source}: {where}: bad parameters for {cls.__name__} (kind '{kind}')\n"
-                              + "\n".join(lines)) from None
-
-
-def _message(error: dict) -> str:
-    if error["type"] == "extra_forbidden":
-        return "unknown parameter"
-    if error["type"] == "missing":
-        return "required parameter missing"
-    return f"{error['msg']} (got {error.get('input')!r})"
+                              + "\n".join(problems(err))) from None
 
 
 def reference() -> str:
@@ -105,16 +98,32 @@ def reference() -> str:
             if model is None:
                 out += ["Takes its own validated params; see the class docstring.", ""]
                 continue
-            out += ["| param | type | default |", "|---|---|---|"]
+            out += ["| param | type | default | meaning |", "|---|---|---|---|"]
             for name, f in model.model_fields.items():
                 if dataclasses.is_dataclass(f.annotation):  # a nested part: one row per field
-                    out += [f"| `{name}.{sub.name}` | `{_type_name(sub.type)}` | `{getattr(f.default, sub.name)!r}` |"
+                    docs = _field_comments(f.annotation)
+                    out += [f"| `{name}.{sub.name}` | `{_type_name(sub.type)}` | `{getattr(f.default, sub.name)!r}` | "
+                            f"{docs.get(sub.name, '')} |"
                             for sub in dataclasses.fields(f.annotation) if sub.name not in _derived(cls, name)]
                     continue
                 default = "required" if f.is_required() else repr(f.default)
-                out.append(f"| `{name}` | `{_type_name(f.annotation)}` | `{default}` |")
+                out.append(f"| `{name}` | `{_type_name(f.annotation)}` | `{default}` | {f.description or ''} |")
             out += _flat_note(cls) + [""]
     return "\n".join(out)
+
+
+def _field_comments(kind: type) -> dict[str, str]:
+    """A dataclass's one-line field docs: the comment after each field in its source."""
+    try:
+        lines = inspect.getsource(kind).splitlines()
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in lines:
+        m = re.match(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip().replace("|", "or")
+    return out
 
 
 def _derived(cls: type, part: str) -> set[str]:

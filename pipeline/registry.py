@@ -8,7 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pydantic import ValidationError
+
 from pipeline.config import ChannelConfig, ConfigError, StageConfig
+from pipeline.core.schema import problems
 
 CHANNEL_KINDS: dict[str, str] = {
     "popularity": "channels.popularity:PopularityChannel",
@@ -62,6 +65,8 @@ def _construct(cls: type, what: str, **kwargs: Any) -> Any:
         return cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"{what}: bad parameters for {cls.__name__}: {err}") from None
+    except ValidationError as err:  # a component with a config class (pipeline.core.schema)
+        raise ConfigError(f"{what}: bad parameters for {cls.__name__}\n" + "\n".join(problems(err))) from None
     except ValueError as err:  # a component that validates its own parameters
         raise ConfigError(f"{what}: {err}") from None
 

@@ -9,47 +9,31 @@ model is built from are in place, then `fit(train, holdout)`, and finally `save(
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from pipeline.core.protocols import FitData
+from pipeline.core.schema import Configured
 from pipeline.core.types import CandidateSet, RequestBatch
-from rankers.features import CrossFeatures, FeatureBlock, FeatureConfig, feature_config
-from rankers.training_data import RankingData
+from rankers.features import CrossFeatures, FeatureBlock, FeatureConfig
 
 
-@runtime_checkable
-class TrainableRanker(Protocol):
-    name: str
-    train_folds: int  # label folds to build (rankers.training_data.ranking_folds)
-    holdout: float  # share of fold-0 users held out for early stopping
+@dataclass(frozen=True)
+class LabelParams:
+    """How a learned ranker's training data is labelled (rankers.training_data.ranking_folds)."""
 
-    @property
-    def feature_config(self) -> FeatureConfig: ...
-
-    def fit(self, train: RankingData, holdout: RankingData) -> "TrainableRanker": ...
-
-    def bind(self, data: FitData, channels: tuple[str, ...]) -> "TrainableRanker": ...
-
-    def score(self, batch: RequestBatch, pools: list[CandidateSet]) -> list[np.ndarray]: ...
-
-    def save(self, path: Path) -> None: ...
+    train_folds: int = 1  # label folds to build, each one position further back
+    holdout: float = 0.1  # share of fold-0 users held out for early stopping
 
 
-class FeatureRankerMixin:
-    """Feature settings, `bind`, and turning pools into feature rows for `score`."""
-
-    train_folds: int
-    holdout: float
-    windows_days: tuple[int, ...]
-    price_buckets: int
+class FeatureRankerMixin(Configured):
+    """Feature settings, `bind`, and turning pools into feature rows for `score`; the ranker's
+    one config (`config`) has the parts `labels` (LabelParams) and `features` (FeatureConfig)."""
 
     @property
     def feature_config(self) -> FeatureConfig:
-        return feature_config(self.windows_days, self.price_buckets)
+        return self.config.features
 
     def bind(self, data: FitData, channels: tuple[str, ...]):
         """Fit the serving-time cross features on the stage's interactions (point-in-time)."""

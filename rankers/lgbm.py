@@ -3,14 +3,18 @@ as a fallback). One group per request; early stopping on the held-out users' NDC
 Saved as a LightGBM text model plus the feature state (JSON + .npy); nothing is pickled."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.core.artifacts import atomic_write_json, read_json
+from pipeline.core.schema import PartsConfig
 from pipeline.core.types import CandidateSet, RequestBatch
-from rankers.base import FeatureRankerMixin
-from rankers.features import CrossFeatures
+from rankers.base import FeatureRankerMixin, LabelParams
+from rankers.features import CrossFeatures, FeatureConfig
 from rankers.training_data import RankingData
 
 
@@ -25,39 +29,59 @@ def _has_eval_x() -> bool:
 _HAS_EVAL_X = _has_eval_x()
 
 
+@dataclass(frozen=True)
+class BoosterParams:
+    """LambdaMART's settings (lightgbm.LGBMRanker)."""
+
+    n_estimators: int = 600
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 100
+    subsample: float = 0.8  # row share per tree (bagging every iteration)
+    colsample_bytree: float = 0.8
+    reg_lambda: float = 1.0
+    early_stopping_rounds: int = 50  # on the held-out users' NDCG@eval_at
+    eval_at: int = 10
+    truncation_level: int = 30  # lambdarank_truncation_level
+
+
+class LightGBMConfig(PartsConfig):
+    booster: BoosterParams = BoosterParams()
+    labels: LabelParams = LabelParams()
+    features: FeatureConfig = FeatureConfig()
+    max_negatives: int | None = Field(100, description="seeded-random negatives kept per group (None: all)")
+    n_jobs: int = Field(1, description="LightGBM threads")
+    seed: int = 0
+
+
 class LightGBMRanker(FeatureRankerMixin):
-    def __init__(
-        self, *, name: str = "lgbm", n_estimators: int = 600, learning_rate: float = 0.05, num_leaves: int = 31,
-        min_child_samples: int = 100, subsample: float = 0.8, colsample_bytree: float = 0.8, reg_lambda: float = 1.0,
-        early_stopping_rounds: int = 50, eval_at: int = 10, truncation_level: int = 30, max_negatives: int | None = 100,
-        train_folds: int = 1, holdout: float = 0.1, windows_days: tuple[int, ...] = (7, 30, 365),
-        price_buckets: int = 10, n_jobs: int = 1, seed: int = 0,
-    ) -> None:
+    """LambdaMART over the cross features, of one LightGBMConfig (given whole or as its keys)."""
+
+    config_class = LightGBMConfig  # what a config's `params` are checked against (pipeline/params.py)
+
+    def __init__(self, config: LightGBMConfig | None = None, /, *, name: str = "lgbm", **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("give the LightGBMConfig or its parameters, not both")
         self.name = name
-        self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, learning_rate, num_leaves
-        self.min_child_samples, self.subsample, self.colsample_bytree = min_child_samples, subsample, colsample_bytree
-        self.reg_lambda, self.early_stopping_rounds, self.eval_at = reg_lambda, early_stopping_rounds, eval_at
-        self.truncation_level, self.max_negatives = truncation_level, max_negatives
-        self.train_folds, self.holdout = train_folds, holdout
-        self.windows_days, self.price_buckets = tuple(windows_days), price_buckets
-        self.n_jobs, self.seed = n_jobs, seed
+        self.config = config if config is not None else LightGBMConfig.model_validate(params)
 
     def fit(self, train: RankingData, holdout: RankingData | None = None) -> "LightGBMRanker":
         import lightgbm as lgb
 
+        b, cfg = self.config.booster, self.config
         model = lgb.LGBMRanker(
-            objective="lambdarank", n_estimators=self.n_estimators, learning_rate=self.learning_rate,
-            num_leaves=self.num_leaves, min_child_samples=self.min_child_samples, subsample=self.subsample,
-            subsample_freq=1, colsample_bytree=self.colsample_bytree, reg_lambda=self.reg_lambda,
-            lambdarank_truncation_level=self.truncation_level, n_jobs=self.n_jobs, random_state=self.seed, verbose=-1,
+            objective="lambdarank", n_estimators=b.n_estimators, learning_rate=b.learning_rate,
+            num_leaves=b.num_leaves, min_child_samples=b.min_child_samples, subsample=b.subsample,
+            subsample_freq=1, colsample_bytree=b.colsample_bytree, reg_lambda=b.reg_lambda,
+            lambdarank_truncation_level=b.truncation_level, n_jobs=cfg.n_jobs, random_state=cfg.seed, verbose=-1,
         )
         train = self._subsample(train)
         fit_args: dict = {"group": train.sizes, "feature_name": list(train.names)}
         if holdout is not None and len(holdout):
             evals = ({"eval_X": (holdout.features,), "eval_y": (holdout.labels(),)} if _HAS_EVAL_X
                      else {"eval_set": [(holdout.features, holdout.labels())]})
-            fit_args.update(evals, eval_group=[holdout.sizes], eval_at=[self.eval_at],
-                            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+            fit_args.update(evals, eval_group=[holdout.sizes], eval_at=[b.eval_at],
+                            callbacks=[lgb.early_stopping(b.early_stopping_rounds, verbose=False)])
         model.fit(train.features, train.labels(), **fit_args)
         self.booster_ = model.booster_
         self.best_iteration_ = int(model.best_iteration_ or model.n_estimators)
@@ -69,15 +93,16 @@ class LightGBMRanker(FeatureRankerMixin):
     def _subsample(self, data: RankingData) -> RankingData:
         """Keep every positive and at most `max_negatives` seeded-random negatives per group (the
         holdout used for early stopping is never subsampled)."""
-        if self.max_negatives is None or (data.sizes <= self.max_negatives + 1).all():
+        cap = self.config.max_negatives
+        if cap is None or (data.sizes <= cap + 1).all():
             return data
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.config.seed)
         y = data.labels()
         group = np.repeat(np.arange(len(data)), data.sizes)
         keys = rng.random(len(y)) + 2.0 * y  # positives first, then a random order of negatives
         order = np.lexsort((-keys, group))
         rank_in_group = np.arange(len(y)) - np.repeat(data.offsets[:-1], data.sizes)
-        keep = np.sort(order[rank_in_group <= self.max_negatives])
+        keep = np.sort(order[rank_in_group <= cap])
         sizes = np.bincount(group[keep], minlength=len(data))
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         positive = np.flatnonzero(y[keep]) - offsets[:-1]
@@ -105,7 +130,7 @@ class LightGBMRanker(FeatureRankerMixin):
         path.mkdir(parents=True, exist_ok=True)
         self.booster_.save_model(str(path / "model.txt"), num_iteration=self.best_iteration_)
         self.features_.save(path / "features")
-        params = {k: getattr(self, k) for k in _PARAMS}
+        params = {"name": self.name} | self.config.dump()  # nested; a flat file (older saves) loads too
         atomic_write_json(path / "params.json", {"params": params, "best_iteration": self.best_iteration_,
                                                  "feature_names": list(self.feature_names_)})
 
@@ -122,7 +147,3 @@ class LightGBMRanker(FeatureRankerMixin):
         ranker.features_ = CrossFeatures.load(path / "features")
         return ranker
 
-
-_PARAMS = ("name", "n_estimators", "learning_rate", "num_leaves", "min_child_samples", "subsample", "colsample_bytree",
-           "reg_lambda", "early_stopping_rounds", "eval_at", "truncation_level", "max_negatives", "train_folds", "holdout",
-           "windows_days", "price_buckets", "n_jobs", "seed")

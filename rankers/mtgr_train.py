@@ -19,21 +19,10 @@ import torch.nn.functional as F
 
 from pipeline.core import data_parallel, device
 from rankers.mtgr import MTGR, MTGRInputs
+from rankers.mtgr_config import TrainConfig
 from rankers.mtgr_inputs import make_inputs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 32  # requests per step
-    max_epochs: int = 20
-    patience: int = 3
-    pointwise_weight: float = 0.2
-    max_train_candidates: int | None = None  # sample the pool's negatives down to this (None: all)
-    seed: int = 0
 
 
 @dataclass

@@ -77,7 +77,8 @@ class CobraChannel(Configured):
     device = property(lambda self: self.config.device, lambda self, v: self.configure(device=v))
 
     def _params(self) -> dict:
-        return self.config.dump()
+        """What params.json stores: the name and the config (nested); the constructor reads it back."""
+        return {"name": self.name} | self.config.dump()
 
     @property
     def dense(self) -> bool:

@@ -64,7 +64,8 @@ class TwoTowerChannel(Configured):
     device = property(lambda self: self.config.device, lambda self, v: self.configure(device=v))
 
     def _params(self) -> dict:
-        return self.config.dump()
+        """What params.json stores: the name and the config (nested); the constructor reads it back."""
+        return {"name": self.name} | self.config.dump()
 
     def item_config(self, n_items: int, sizes: dict[str, int]) -> ItemTowerConfig:
         item = self.config.item

@@ -11,9 +11,25 @@ part, field by field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+def problems(err: ValidationError, prefix: str = "params") -> list[str]:
+    """One line per problem of a pydantic error: `  params.key: what is wrong`."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(x) for x in (prefix, *e["loc"]))
+        if e["type"] == "extra_forbidden":
+            what = "unknown parameter"
+        elif e["type"] == "missing":
+            what = "required parameter missing"
+        else:
+            what = f"{e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})"
+        lines.append(f"  {where}: {what}")
+    return lines
 
 
 class Strict(BaseModel):
@@ -31,6 +47,10 @@ class PartsConfig(Strict):
     @classmethod
     def flat_names(cls) -> dict[str, tuple[str, str]]:
         """Every flat key -> (part, field): the parts' own field names, and the renamed ones."""
+        return _flat_names(cls)
+
+    @classmethod
+    def _build_flat_names(cls) -> dict[str, tuple[str, str]]:
         out: dict[str, tuple[str, str]] = dict(cls.RENAMED)
         renamed = set(cls.RENAMED.values())
         for part, kind in cls.parts().items():
@@ -79,6 +99,16 @@ class PartsConfig(Strict):
                     if f.name not in cls.DERIVED.get(part, ())}
         return value
 
+    def __getattr__(self, key: str) -> Any:  # a part's field read by its flat name: `cfg.lr`
+        try:
+            return super().__getattr__(key)
+        except AttributeError:
+            names = type(self).flat_names() if not key.startswith("_") else {}
+            if key not in names:
+                raise
+            part, name = names[key]
+            return getattr(getattr(self, part), name)
+
     def get(self, key: str) -> Any:
         """One parameter by its flat name or a top-level one."""
         if key in type(self).model_fields:
@@ -103,6 +133,11 @@ class PartsConfig(Strict):
                          for f in dataclasses.fields(value) if f.name not in type(self).DERIVED.get(key, ())}
             out[key] = value
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _flat_names(cls: type[PartsConfig]) -> dict[str, tuple[str, str]]:
+    return cls._build_flat_names()
 
 
 class Configured:
