@@ -39,12 +39,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SequenceConfig:
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 256
-    max_len: int = 50
-    dropout: float = 0.2
+    d_model: int = 64  # transformer width
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads
+    d_ff: int = 256  # feed-forward width
+    max_len: int = 50  # history items read (and training window length)
+    dropout: float = 0.2  # dropout in the transformer
     time_buckets: int = 0  # 0: no time-gap embedding
 
 

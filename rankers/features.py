@@ -38,9 +38,9 @@ NEVER_ITEMS = 50  # "items ago" of a value not in the history (the default 50-it
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    windows_days: tuple[int, ...] = (7, 30, 365)
-    price_buckets: int = 10
-    attributes: tuple[str, ...] = ATTRIBUTES
+    windows_days: tuple[int, ...] = (7, 30, 365)  # item-count windows before the request time (days)
+    price_buckets: int = 10  # price quantile buckets
+    attributes: tuple[str, ...] = ATTRIBUTES  # item-table columns of the user x item counts
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,15 @@ _HAS_EVAL_X = _has_eval_x()
 class BoosterParams:
     """LambdaMART's settings (lightgbm.LGBMRanker)."""
 
-    n_estimators: int = 600
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 100
+    n_estimators: int = 600  # boosting rounds at most
+    learning_rate: float = 0.05  # shrinkage
+    num_leaves: int = 31  # leaves per tree
+    min_child_samples: int = 100  # rows a leaf needs at least
     subsample: float = 0.8  # row share per tree (bagging every iteration)
-    colsample_bytree: float = 0.8
-    reg_lambda: float = 1.0
+    colsample_bytree: float = 0.8  # feature share per tree
+    reg_lambda: float = 1.0  # L2 penalty on leaf values
     early_stopping_rounds: int = 50  # on the held-out users' NDCG@eval_at
-    eval_at: int = 10
+    eval_at: int = 10  # k of the early-stopping NDCG
     truncation_level: int = 30  # lambdarank_truncation_level
 
 
@@ -51,7 +51,7 @@ class LightGBMConfig(PartsConfig):
     features: FeatureConfig = FeatureConfig()
     max_negatives: int | None = Field(100, description="seeded-random negatives kept per group (None: all)")
     n_jobs: int = Field(1, description="LightGBM threads")
-    seed: int = 0
+    seed: int = Field(0, description="LightGBM and negative-sampling seed")
 
 
 class LightGBMRanker(FeatureRankerMixin):

@@ -59,13 +59,13 @@ def _rank_in_runs(starts: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BeamConfig:
-    beam_size: int = 20
+    beam_size: int = 20  # beams kept per ID level
     catalog_neighbors: int = 0  # per beam, nearest items of v_hat in the whole catalog (COBRA only)
     search_beams: int | None = None  # only the best this many dense vectors per request search the catalog (None: all)
     tau: float = 1.0  # beam-score temperature (multiplies log P(ID) before the softmax over beams)
     psi: float = 20.0  # dense-similarity scale (multiplies the cosine / dot product before the softmax)
-    sparse_weight: float = 1.0
-    dense_weight: float = 1.0
+    sparse_weight: float = 1.0  # BeamFusion weight of the beam score
+    dense_weight: float = 1.0  # BeamFusion weight of the dense similarity
     max_leaf_items: int | None = None  # cap on the items read from one ID (None: all)
     neighbor_id_score: str = "search"  # log P(ID) of a catalog neighbour: its finding beam's, or its own ID's
     catalog_query: str = "beams"  # what searches the catalog: every beam's dense vector, or the history's (one per request)

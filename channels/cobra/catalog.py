@@ -21,9 +21,9 @@ INDEX_KINDS = ("flat", "hnsw")
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = "flat"
-    hnsw_m: int = 32
-    ef_search: int = 128
+    kind: str = "flat"  # faiss index: 'flat' (exact) or 'hnsw'
+    hnsw_m: int = 32  # hnsw: links per node
+    ef_search: int = 128  # hnsw: search beam
 
     def __post_init__(self) -> None:
         if self.kind not in INDEX_KINDS:

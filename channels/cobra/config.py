@@ -30,20 +30,20 @@ from pipeline.core.schema import PartsConfig
 class ModelParams:
     """The transformer's hyper-parameters; ModelConfig adds what fitting derives (sizes, widths)."""
 
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    d_ff: int = 256
+    d_model: int = 64  # transformer width
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 2  # attention heads
+    d_ff: int = 256  # feed-forward width
     max_len: int = 50  # history items the model reads (and the training windows' length)
-    dropout: float = 0.2
-    dense_dim: int = 64
+    dropout: float = 0.2  # dropout in the transformer
+    dense_dim: int = 64  # width of the dense item vectors
     id_embedding: bool = False  # the item encoder also learns an item-id embedding
     dense_levels: int | None = None  # ID levels the dense head is conditioned on (None: all)
-    dense_head: str = "identity"
-    item_head: str = "linear"
-    embed_std: float | None = None
-    tied_input: bool = False
-    dense_cond: str = "shared"
+    dense_head: str = "identity"  # state -> dense vector: 'identity' (dense_dim == d_model), 'linear' or 'mlp'
+    item_head: str = "linear"  # item-encoder output layer: 'linear' or 'mlp'
+    embed_std: float | None = None  # init std of the embeddings (None: d_model ** -0.5)
+    tied_input: bool = False  # history items enter as their item vector (needs dense_dim == d_model)
+    dense_cond: str = "shared"  # how the ID enters the dense state: 'shared' or 'residual' (model.py)
 
     def build(self, *, code_sizes: tuple[int, ...], n_tokens: int, content_dim: int, n_price: int, n_items: int,
               dense: bool) -> ModelConfig:
@@ -57,7 +57,7 @@ class ItemParams:
     """The item side: per-item features and optional external collaborative vectors."""
 
     max_tokens: int = 32  # title/description tokens per item
-    price_buckets: int = 10
+    price_buckets: int = 10  # price quantile buckets
     collab_vectors_path: str | None = None  # a .npy of item vectors replacing the co-visitation ones
 
 
@@ -83,7 +83,7 @@ class CobraConfig(PartsConfig):
     refit: bool = Field(False, description="retrain on the full history for the best epoch count")
     num_threads: int | None = Field(2, description="torch threads (None: torch's default)")
     seed: int | None = Field(None, description="None: the run's seed")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars while training")
     eval_batch_size: int = Field(1024, ge=1, description="requests per block at retrieval")
     device: str = Field("cpu", description="auto | cpu | cuda[:N]")
 

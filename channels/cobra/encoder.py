@@ -36,17 +36,17 @@ _UNKNOWN = {"", "unknown", "nan", "none"}
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    text: str = "tfidf"
-    svd_dim: int = 64
-    min_df: int = 1
-    max_features: int | None = None
+    text: str = "tfidf"  # title/description vectors: 'tfidf' (+ SVD), 'sentence' or 'none'
+    svd_dim: int = 64  # width of the TF-IDF SVD
+    min_df: int = 1  # TF-IDF: items a token must appear in
+    max_features: int | None = None  # TF-IDF vocabulary cap (None: all)
     sentence_model: str | None = None  # local folder of a sentence-transformer (text='sentence')
-    collab: str = "none"
-    collab_dim: int = 32
-    collab_window: int = 3
-    text_weight: float = 1.0
-    collab_weight: float = 1.0
-    ridge: float = 1.0
+    collab: str = "none"  # collaborative part: 'none', 'covisit' or 'vectors' (a .npy)
+    collab_dim: int = 32  # width of the co-visitation vectors
+    collab_window: int = 3  # co-visitation window (positions)
+    text_weight: float = 1.0  # weight of the text part in the fused vector
+    collab_weight: float = 1.0  # weight of the collaborative part
+    ridge: float = 1.0  # ridge penalty of the text -> collaborative map (items without interactions)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -20,16 +20,16 @@ QUANTIZERS = ("rkmeans", "rqvae")
 
 @dataclass(frozen=True)
 class IdConfig:
-    quantizer: str = "rkmeans"
+    quantizer: str = "rkmeans"  # 'rkmeans' (residual k-means) or 'rqvae'
     levels: tuple[int, ...] = (256, 256, 256)  # codebook size per level
-    kmeans_iter: int = 25
+    kmeans_iter: int = 25  # k-means iterations per level
     disambiguate: bool = False  # TIGER: an extra level that makes every ID unique
     disambiguation_size: int | None = None  # extra-level size; None = 2 x the largest collision group
     seed: int = 0
-    rqvae_epochs: int = 50
-    rqvae_hidden: int = 128
-    rqvae_beta: float = 0.25
-    rqvae_lr: float = 1e-3
+    rqvae_epochs: int = 50  # RQ-VAE training epochs
+    rqvae_hidden: int = 128  # RQ-VAE hidden width
+    rqvae_beta: float = 0.25  # RQ-VAE commitment weight
+    rqvae_lr: float = 1e-3  # RQ-VAE learning rate
 
     def __post_init__(self) -> None:
         if self.quantizer not in QUANTIZERS:

@@ -40,17 +40,17 @@ CONDITIONS = ("teacher", "sampled", "mixed")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    max_epochs: int = 40
-    patience: int = 4
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    batch_size: int = 128  # training windows per step
+    max_epochs: int = 40  # epochs at most with early stopping
+    patience: int = 4  # epochs without a better validation N@10 before stopping
     epochs: int = 15  # fixed epoch count when there is no validation data
-    dense_weight: float = 1.0
-    temperature: float = 0.05
-    negatives: str = "in_batch"
-    logq: bool = True
-    id_dropout: float = 0.1
+    dense_weight: float = 1.0  # weight of the dense contrastive loss
+    temperature: float = 0.05  # dense logits are divided by this
+    negatives: str = "in_batch"  # dense loss negatives: 'in_batch', 'sampled', 'catalog' or 'full'
+    logq: bool = True  # logQ correction of sampled negatives
+    id_dropout: float = 0.1  # training: share of item-id embeddings replaced by 'unknown'
     max_len: int = 50
     seed: int = 0
     progress: bool = True

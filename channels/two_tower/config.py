@@ -32,8 +32,8 @@ class FeatureParams:
     """The item-feature vocabularies (ItemFeatureEncoder)."""
 
     text_buckets: int = 32768  # hashed title tokens
-    max_tokens: int = 32
-    price_buckets: int = 10
+    max_tokens: int = 32  # title tokens per item
+    price_buckets: int = 10  # price quantile buckets
     min_count: int = 2  # values on fewer items map to 'unknown'
 
 
@@ -49,7 +49,7 @@ class TwoTowerConfig(PartsConfig):
     refit: bool = Field(False, description="retrain on the full history for the best epoch count")
     num_threads: int | None = Field(2, description="torch threads (None: torch's default)")
     seed: int | None = Field(None, description="None: the run's seed")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars while training")
     device: str = Field("cpu", description="auto | cpu | cuda[:N]")
 
 

@@ -17,7 +17,7 @@ KINDS = ("flat", "ivf", "hnsw")
 
 @dataclass(frozen=True)
 class IndexConfig:
-    kind: str = "flat"
+    kind: str = "flat"  # faiss index: 'flat', 'ivf' or 'hnsw'
     nlist: int = 128  # ivf: number of k-means cells
     nprobe: int = 16  # ivf: cells visited per query
     hnsw_m: int = 32  # hnsw: links per node

@@ -33,21 +33,21 @@ SAMPLERS = ("uniform", "popularity")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = "full"
-    n_negatives: int = 1024
-    sampler: str = "popularity"
-    sampler_power: float = 0.75
-    temperature: float = 1.0
+    loss: str = "full"  # 'full' softmax over the catalog or 'sampled' negatives
+    n_negatives: int = 1024  # 'sampled': items drawn per batch
+    sampler: str = "popularity"  # 'uniform' or 'popularity' negatives
+    sampler_power: float = 0.75  # popularity sampler: frequency ** this
+    temperature: float = 1.0  # logits are divided by this
     weighting: str = "batch"  # 'batch': mean loss of each batch; 'target': every target weighs the same
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    max_epochs: int = 60
-    patience: int = 5
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # weight decay
+    batch_size: int = 128  # training windows per step
+    max_epochs: int = 60  # epochs at most with early stopping
+    patience: int = 5  # epochs without a better validation N@10 before stopping
     epochs: int = 20  # fixed epoch count when there is no validation data
     max_len: int = 50
     seed: int = 0
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # validation requests per block
     progress: bool = True
 
     def __post_init__(self) -> None:
