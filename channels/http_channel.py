@@ -91,12 +91,8 @@ class HttpConfig(PartsConfig):
 
 class HttpChannel(Configured):
     config_class = HttpConfig  # what a config's `params` are checked against (pipeline/params.py)
+    default_name = "http"
 
-    def __init__(self, config: HttpConfig | None = None, /, *, name: str = "http", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the HttpConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else HttpConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "HttpChannel":
         if data.user_ids is None or data.item_ids is None:

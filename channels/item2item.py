@@ -11,7 +11,6 @@ The defaults are the best of a grid on Amazon Beauty's validation split (bench/c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,12 +37,8 @@ class ItemToItemConfig(PartsConfig):
 
 class ItemToItemChannel(Configured):
     config_class = ItemToItemConfig  # what a config's `params` are checked against (pipeline/params.py)
+    default_name = "item2item"
 
-    def __init__(self, config: ItemToItemConfig | None = None, /, *, name: str = "item2item", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the ItemToItemConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else ItemToItemConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "ItemToItemChannel":
         frame = data.train

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -44,12 +44,8 @@ class PopularityConfig(PartsConfig):
 class PopularityChannel(Configured):
     roles: ClassVar[tuple[str, ...]] = (FALLBACK,)  # needs no history: it can answer when the others fail
     config_class = PopularityConfig  # what a config's `params` are checked against (pipeline/params.py)
+    default_name = "popularity"
 
-    def __init__(self, config: PopularityConfig | None = None, /, *, name: str = "popularity", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the PopularityConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else PopularityConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "PopularityChannel":
         items = data.train["item_id"].to_numpy(np.int64)

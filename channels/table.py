@@ -6,7 +6,6 @@ Rows whose user or item is not in the dataset are dropped (counted in `dropped_r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,12 +41,8 @@ class CandidateTableConfig(PartsConfig):
 
 class CandidateTableChannel(Configured):
     config_class = CandidateTableConfig  # what a config's `params` are checked against (pipeline/params.py)
+    default_name = "table"
 
-    def __init__(self, config: CandidateTableConfig | None = None, /, *, name: str = "table", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the CandidateTableConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else CandidateTableConfig.model_validate(params)
 
     def fit(self, data: FitData) -> "CandidateTableChannel":
         if data.user_ids is None or data.item_ids is None:

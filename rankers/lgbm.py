@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -58,12 +57,8 @@ class LightGBMRanker(FeatureRankerMixin):
     """LambdaMART over the cross features, of one LightGBMConfig (given whole or as its keys)."""
 
     config_class = LightGBMConfig  # what a config's `params` are checked against (pipeline/params.py)
+    default_name = "lgbm"
 
-    def __init__(self, config: LightGBMConfig | None = None, /, *, name: str = "lgbm", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the LightGBMConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else LightGBMConfig.model_validate(params)
 
     def fit(self, train: RankingData, holdout: RankingData | None = None) -> "LightGBMRanker":
         import lightgbm as lgb

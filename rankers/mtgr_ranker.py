@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.core import device as placement
 from pipeline.core.artifacts import atomic_write_json, read_json
+from pipeline.core.schema import runtime_setting
 from pipeline.core.types import CandidateSet, RequestBatch
 from rankers.base import FeatureRankerMixin
 from rankers.features import CrossFeatures
@@ -29,17 +29,11 @@ class MTGRRanker(FeatureRankerMixin):
 
     data_parallel = True  # train.backend: ray trains it under Ray Train (pipeline/scale.py)
     config_class = MTGRRankerConfig  # what a config's `params` are checked against (pipeline/params.py)
+    default_name = "mtgr"
 
-    def __init__(self, config: MTGRRankerConfig | None = None, /, *, name: str = "mtgr", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the MTGRRankerConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else MTGRRankerConfig.model_validate(params)
 
     # where and how it runs, read by pipeline.core.device and set on a worker's copy by pipeline/scale.py
-    num_threads = property(lambda self: self.config.num_threads, lambda self, v: self.configure(num_threads=v))
-    progress = property(lambda self: self.config.progress, lambda self, v: self.configure(progress=v))
-    device = property(lambda self: self.config.device, lambda self, v: self.configure(device=v))
+    num_threads, progress, device = (runtime_setting(k) for k in ("num_threads", "progress", "device"))
 
     def model_config(self, n_cross: int) -> MTGRConfig:
         attrs = self.features_.attrs_

@@ -43,7 +43,7 @@ from channels.cobra.trie import CodeTrie
 from channels.sequence import build_windows
 from pipeline.core import device as placement
 from pipeline.core.protocols import FitData
-from pipeline.core.schema import Configured
+from pipeline.core.schema import Configured, runtime_setting
 from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 
@@ -55,11 +55,10 @@ class CobraChannel(Configured):
     data_parallel = True  # train.backend: ray fits it under Ray Train (pipeline/scale.py)
     config_class = CobraConfig  # what a config's `params` are checked against (pipeline/params.py)
 
+    default_name = "cobra"
+
     def __init__(self, config: CobraConfig | None = None, /, *, name: str = "cobra", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the CobraConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else CobraConfig.model_validate(params)
+        super().__init__(config, name=name, **params)
         self.parts = MODES[self.config.mode]  # the ID scheme and the retrieval head this mode is made of
 
     def configure(self, **params: Any) -> "CobraChannel":
@@ -72,9 +71,7 @@ class CobraChannel(Configured):
         return self
 
     # where and how it runs, read by pipeline.core.device and set on a worker's copy by pipeline/scale.py
-    num_threads = property(lambda self: self.config.num_threads, lambda self, v: self.configure(num_threads=v))
-    progress = property(lambda self: self.config.progress, lambda self, v: self.configure(progress=v))
-    device = property(lambda self: self.config.device, lambda self, v: self.configure(device=v))
+    num_threads, progress, device = (runtime_setting(k) for k in ("num_threads", "progress", "device"))
 
     def _params(self) -> dict:
         """What params.json stores: the name and the config (nested); the constructor reads it back."""

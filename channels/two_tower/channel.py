@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +30,7 @@ from channels.two_tower.train import build_requests, fit_model, trim
 from pipeline.core import device as placement
 from pipeline.core.artifacts import atomic_write_json, read_json
 from pipeline.core.protocols import FitData
-from pipeline.core.schema import Configured
+from pipeline.core.schema import Configured, runtime_setting
 from pipeline.core.types import PAD, RequestBatch, Retrieved
 
 log = logging.getLogger(__name__)
@@ -51,17 +50,11 @@ class TwoTowerChannel(Configured):
 
     data_parallel = True  # train.backend: ray fits it under Ray Train (pipeline/scale.py)
     config_class = TwoTowerConfig  # what a config's `params` are checked against (pipeline/params.py)
+    default_name = "two_tower"
 
-    def __init__(self, config: TwoTowerConfig | None = None, /, *, name: str = "two_tower", **params: Any) -> None:
-        if config is not None and params:
-            raise TypeError("give the TwoTowerConfig or its parameters, not both")
-        self.name = name
-        self.config = config if config is not None else TwoTowerConfig.model_validate(params)
 
     # where and how it runs, read by pipeline.core.device and set on a worker's copy by pipeline/scale.py
-    num_threads = property(lambda self: self.config.num_threads, lambda self, v: self.configure(num_threads=v))
-    progress = property(lambda self: self.config.progress, lambda self, v: self.configure(progress=v))
-    device = property(lambda self: self.config.device, lambda self, v: self.configure(device=v))
+    num_threads, progress, device = (runtime_setting(k) for k in ("num_threads", "progress", "device"))
 
     def _params(self) -> dict:
         """What params.json stores: the name and the config (nested); the constructor reads it back."""

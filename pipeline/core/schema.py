@@ -141,11 +141,21 @@ def _flat_names(cls: type[PartsConfig]) -> dict[str, tuple[str, str]]:
 
 
 class Configured:
-    """A component holding one PartsConfig as `config`. Its parameters read as attributes by their
-    flat names (`channel.beam_size`); they change with `configure(beam_size=50)`, which checks the
-    new values, and assigning one as an attribute is an error rather than a silent no-op."""
+    """A component of one config object: `Component(config, name=...)` or `Component(name=...,
+    **params)`, params flat or by part, checked by the class's `config_class`. Its parameters read
+    as attributes by their flat names (`channel.beam_size`); they change with
+    `configure(beam_size=50)`, which checks the new values, and assigning one as an attribute is an
+    error rather than a silent no-op (`runtime_setting` makes the exceptions)."""
 
+    config_class: ClassVar[type[PartsConfig]]
+    default_name: ClassVar[str]
     config: PartsConfig
+
+    def __init__(self, config: PartsConfig | None = None, /, *, name: str | None = None, **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError(f"give the {self.config_class.__name__} or its parameters, not both")
+        self.name = name or self.default_name
+        self.config = config if config is not None else self.config_class.model_validate(params)
 
     def configure(self, **params: Any):
         self.config = self.config.with_(**params)
@@ -175,3 +185,9 @@ def _is_param(config: PartsConfig, key: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def runtime_setting(key: str) -> property:
+    """A parameter that stays assignable as an attribute: where and how a component runs (threads,
+    progress bars, device), which pipeline/scale.py sets on a worker's copy before fitting it."""
+    return property(lambda self: self.config.get(key), lambda self, value: self.configure(**{key: value}))
