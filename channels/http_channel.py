@@ -93,7 +93,6 @@ class HttpChannel(Configured):
     config_class = HttpConfig  # what a config's `params` are checked against (pipeline/params.py)
     default_name = "http"
 
-
     def fit(self, data: FitData) -> "HttpChannel":
         if data.user_ids is None or data.item_ids is None:
             raise ValueError(f"channel '{self.name}': fit data needs the original id maps")

@@ -39,7 +39,6 @@ class ItemToItemChannel(Configured):
     config_class = ItemToItemConfig  # what a config's `params` are checked against (pipeline/params.py)
     default_name = "item2item"
 
-
     def fit(self, data: FitData) -> "ItemToItemChannel":
         frame = data.train
         users = frame["user_id"].to_numpy(np.int64)
@@ -114,9 +113,6 @@ class ItemToItemChannel(Configured):
         frame = pd.DataFrame({"row": coo.row.astype(np.int64), "col": coo.col.astype(np.int64), "value": coo.data})
         atomic_write_parquet(path / "matrix.parquet", frame)
         atomic_write_json(path / "params.json", self._params() | {"n_items": self.matrix_.shape[0]})
-
-    def _params(self) -> dict:
-        return {"name": self.name} | self.config.model_dump()
 
     @classmethod
     def load(cls, path: Path) -> "ItemToItemChannel":

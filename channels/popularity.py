@@ -46,7 +46,6 @@ class PopularityChannel(Configured):
     config_class = PopularityConfig  # what a config's `params` are checked against (pipeline/params.py)
     default_name = "popularity"
 
-
     def fit(self, data: FitData) -> "PopularityChannel":
         items = data.train["item_id"].to_numpy(np.int64)
         use_time = data.has_time and self.config.point_in_time
@@ -162,9 +161,6 @@ class PopularityChannel(Configured):
         if self.categories_ is not None:
             (path / "categories.json").write_text(json.dumps(self.categories_.tolist()))
         atomic_write_json(path / "params.json", self._params() | {"t0": self.t0_, "use_time": self.use_time_})
-
-    def _params(self) -> dict:
-        return {"name": self.name} | self.config.model_dump()
 
     @classmethod
     def load(cls, path: Path) -> "PopularityChannel":

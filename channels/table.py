@@ -43,7 +43,6 @@ class CandidateTableChannel(Configured):
     config_class = CandidateTableConfig  # what a config's `params` are checked against (pipeline/params.py)
     default_name = "table"
 
-
     def fit(self, data: FitData) -> "CandidateTableChannel":
         if data.user_ids is None or data.item_ids is None:
             raise ValueError(f"channel '{self.name}': fit data needs the original id maps to read {self.config.path}")

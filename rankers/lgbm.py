@@ -59,7 +59,6 @@ class LightGBMRanker(FeatureRankerMixin):
     config_class = LightGBMConfig  # what a config's `params` are checked against (pipeline/params.py)
     default_name = "lgbm"
 
-
     def fit(self, train: RankingData, holdout: RankingData | None = None) -> "LightGBMRanker":
         import lightgbm as lgb
 
@@ -125,7 +124,7 @@ class LightGBMRanker(FeatureRankerMixin):
         path.mkdir(parents=True, exist_ok=True)
         self.booster_.save_model(str(path / "model.txt"), num_iteration=self.best_iteration_)
         self.features_.save(path / "features")
-        params = {"name": self.name} | self.config.dump()  # nested; a flat file (older saves) loads too
+        params = self._params()  # nested; a flat file (older saves) loads too
         atomic_write_json(path / "params.json", {"params": params, "best_iteration": self.best_iteration_,
                                                  "feature_names": list(self.feature_names_)})
 

@@ -112,7 +112,7 @@ class MTGRRanker(FeatureRankerMixin):
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.model_.state_dict(), path / "model.pt")
         self.features_.save(path / "features")
-        params = {"name": self.name} | self.config.dump()  # nested; a flat file (older saves) loads too
+        params = self._params()  # nested; a flat file (older saves) loads too
         atomic_write_json(path / "params.json", {"params": params, "config": asdict(self.config_),
                                                  "feature_names": list(self.feature_names_), "report": self.report_})
 

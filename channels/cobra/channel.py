@@ -73,10 +73,6 @@ class CobraChannel(Configured):
     # where and how it runs, read by pipeline.core.device and set on a worker's copy by pipeline/scale.py
     num_threads, progress, device = (runtime_setting(k) for k in ("num_threads", "progress", "device"))
 
-    def _params(self) -> dict:
-        """What params.json stores: the name and the config (nested); the constructor reads it back."""
-        return {"name": self.name} | self.config.dump()
-
     @property
     def dense(self) -> bool:
         """Whether the mode's head is the dense one (the model has a dense branch, items have vectors)."""

@@ -56,10 +56,6 @@ class TwoTowerChannel(Configured):
     # where and how it runs, read by pipeline.core.device and set on a worker's copy by pipeline/scale.py
     num_threads, progress, device = (runtime_setting(k) for k in ("num_threads", "progress", "device"))
 
-    def _params(self) -> dict:
-        """What params.json stores: the name and the config (nested); the constructor reads it back."""
-        return {"name": self.name} | self.config.dump()
-
     def item_config(self, n_items: int, sizes: dict[str, int]) -> ItemTowerConfig:
         item = self.config.item
         return ItemTowerConfig(n_items=n_items, d_model=self.config.user.d_model, use_content=item.use_content,

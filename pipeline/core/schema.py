@@ -161,6 +161,11 @@ class Configured:
         self.config = self.config.with_(**params)
         return self
 
+    def _params(self) -> dict[str, Any]:
+        """What a saved component's params.json stores: its name and its config (nested); the
+        constructor reads it back (and the flat form of files saved before the config objects)."""
+        return {"name": self.name} | self.config.dump()
+
     def __getattr__(self, key: str) -> Any:  # only reached when the normal lookup fails
         config = self.__dict__.get("config")
         if config is None or key.startswith("_") or key.endswith("_"):
