@@ -1,10 +1,11 @@
 """Typed `params` for every built-in component, checked when a config is loaded (issue 18).
 
-Each built-in kind's parameters are the keyword arguments of its constructor: their names,
-annotations and defaults make a strict pydantic model (unknown keys and wrong types are errors),
-so a typo in `channels[2].params` fails at load with the file, the component and the key, before
-any data is read. The component still receives its params as keywords; `params_model(cls)` is also
-what the generated config reference (docs/config-reference.md, `python -m pipeline.params`) reads.
+A built-in kind declares its one config object as `config_class` (pipeline.core.schema.PartsConfig:
+strict, nested parts, flat keys routed); a kind without one (a plug-in) is described by the
+keyword arguments of its constructor, made into a strict pydantic model. Either way a typo in
+`channels[2].params` fails at load with the file, the component and the key, before any data is
+read; `params_model(cls)` is also what the generated config reference (docs/config-reference.md,
+`python -m pipeline.params`) reads.
 """
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def check_params(cfg, source: str = "<config>") -> None:
 def reference() -> str:
     """The Markdown reference of every built-in kind's params: name, type, default."""
     out = ["# Component parameters", "",
-           "Generated from the constructors by `python -m pipeline.params docs/config-reference.md`;",
+           "Generated from the components' config classes by `python -m pipeline.params docs/config-reference.md`;",
            "these are the keys of a component's `params:` in a config, checked when the config loads.", ""]
     for what, table in (("channel", CHANNEL_KINDS), ("ranker", RANKER_KINDS), ("rerank", RERANKER_KINDS)):
         for kind, path in table.items():
