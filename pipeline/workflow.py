@@ -27,7 +27,7 @@ from pipeline.core.artifacts import atomic_dir, atomic_write_json, new_run_dir, 
 from pipeline.cascade import Cascade
 from pipeline.config import Config, ConfigError, DataConfig, parse_config
 from pipeline.data import Dataset, leave_one_out, load_dataset, shuffle_ties, synthesize, temporal_split
-from pipeline.core.protocols import BindsItems, FitData, Persistent, Trainable
+from pipeline.core.protocols import BindsItems, FitData, HasItemVectors, Persistent, Trainable
 from pipeline.registry import (
     RANKER_KINDS, RERANKER_KINDS, build_channel, build_stage, channel_class, check_components, import_object,
 )
@@ -128,8 +128,7 @@ def reranker_vectors(channels: dict, n_items: int) -> tuple[np.ndarray | None, s
     order) that has `item_vectors(ids)` returning them (two-tower, COBRA in dense mode)."""
     ids = np.arange(n_items, dtype=np.int64)
     for name, channel in channels.items():
-        fn = getattr(channel, "item_vectors", None)
-        vectors = fn(ids) if callable(fn) else None
+        vectors = channel.item_vectors(ids) if isinstance(channel, HasItemVectors) else None
         if vectors is not None:
             return np.ascontiguousarray(vectors, np.float32), name
     return None, None

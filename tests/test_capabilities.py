@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 
 from pipeline.core.protocols import (
-    FALLBACK, BindsItems, Persistent, SupportsAddItemIds, SupportsAddItems, Trainable, declares_role,
+    FALLBACK, BindsItems, HasItemVectors, Persistent, SupportsAddItemIds, SupportsAddItems, Trainable, declares_role,
 )
 from pipeline.registry import CHANNEL_KINDS, RANKER_KINDS, RERANKER_KINDS, import_object
 
-CAPABILITIES = (Persistent, Trainable, SupportsAddItems, SupportsAddItemIds, BindsItems)
+CAPABILITIES = (Persistent, Trainable, SupportsAddItems, SupportsAddItemIds, BindsItems, HasItemVectors)
 
 EXPECTED = {
     "channel popularity": {Persistent},
     "channel item2item": {Persistent},
     "channel table": {Persistent},
-    "channel cobra": {Persistent, SupportsAddItems},
-    "channel two_tower": {Persistent, SupportsAddItems},
+    "channel cobra": {Persistent, SupportsAddItems, HasItemVectors},
+    "channel two_tower": {Persistent, SupportsAddItems, HasItemVectors},
     "channel http": {SupportsAddItemIds},
     "ranker passthrough": set(),
     # protocols are structural: a trained ranker's `bind` matches BindsItems too (only re-rankers are

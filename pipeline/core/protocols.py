@@ -97,6 +97,14 @@ class SupportsAddItemIds(Protocol):
 
 
 @runtime_checkable
+class HasItemVectors(Protocol):
+    """Gives the dense vectors it scores with for item ids (None when it has none, e.g. COBRA in a
+    sparse mode): the re-ranker's diversity term reads them."""
+
+    def item_vectors(self, items: np.ndarray) -> np.ndarray | None: ...
+
+
+@runtime_checkable
 class BindsItems(Protocol):
     """Reads the item table (and item vectors) before it serves: the rule-and-diversity re-ranker."""
 
