@@ -296,7 +296,7 @@ def ranking_data(cfg: Config, dataset: Dataset, split, stage: str, n_folds: int,
         fdata = fold_fit_data(fold, like)
         channels = {}
         for ccfg in tqdm(cfg.enabled_channels(), desc=f"fit channels (ranker fold {fold.name})", unit="channel", disable=None):
-            key = (fold.name, ccfg.model_dump_json())
+            key = (fold.name, ccfg.model_dump_json(exclude={"quota"}))  # the quota shapes the pool, not the fit
             if channel_cache is not None and key in channel_cache:
                 channels[ccfg.name] = channel_cache[key]
                 continue

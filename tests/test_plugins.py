@@ -45,3 +45,20 @@ def test_plugin_and_table_through_cascade_and_evaluation(tmp_path):
     rec = run.cascade.recommend(Request(user=0, history=np.array([1, 2]), k=10))
     found = {r for reasons in rec.reasons for r in reasons}
     assert {"channel:mine", "channel:offline"} & found
+
+
+def test_an_arm_that_only_changes_quotas_reuses_the_fold_fits_of_the_run(tmp_path):
+    """The fold fits are shared by the run's ranker and every arm's ranker: a quota shapes the pool,
+    not the fit, so an arm with other quotas must not fit its channels again (a COBRA fit is 15 min)."""
+    from tests.plugin_channels import RecordingChannel
+
+    RecordingChannel.seen_rows.clear()
+    cfg = parse_config({
+        "data": {"source": "synthetic", "synthetic": {"n_users": 120, "n_items": 60, "seed": 3}},
+        "channels": [{"name": "popularity", "kind": "popularity", "quota": 20},
+                     {"name": "rec", "kind": "plugin", "class_path": "tests.plugin_channels:RecordingChannel", "quota": 20}],
+        "ranker": {"kind": "lgbm", "params": {"n_estimators": 10}},
+        "arms": [{"name": "small", "quotas": {"rec": 5}, "budget": 25, "ranker": {"kind": "lgbm", "params": {"n_estimators": 10}}}],
+    })
+    train(cfg, run_dir=tmp_path / "run")
+    assert len(RecordingChannel.seen_rows) == 2  # one fold fit (shared by both rankers) and the stage fit
