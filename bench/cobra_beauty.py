@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.record and args.no_test:
         ap.error("--record needs the test split (drop --no-test)")
-    command = "nice -n 5 python -m bench.cobra_beauty " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.cobra_beauty " + " ".join(argv if argv is not None else sys.argv[1:])
     params = channel_params(args.mode, args.set)
     ds = load_dataset("amazon", DATA / DATASETS[args.dataset])
     if args.shuffle_ties is not None:
