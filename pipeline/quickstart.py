@@ -64,7 +64,8 @@ def free_port(low: int = 20000, high: int = 32000, tries: int = 200) -> int:
 
 
 def serve_one_request(run_path: Path, user_id: str, k: int = 10) -> dict[str, Any]:
-    """Start the app for `run_path`, POST /recommend once, print the answer, shut down."""
+    """Start the app for `run_path`, POST /recommend (a warm-up, then the request shown), print
+    the answer, shut down."""
     import requests
 
     from pipeline.serving import app
@@ -76,6 +77,11 @@ def serve_one_request(run_path: Path, user_id: str, k: int = 10) -> dict[str, An
     try:
         print(f"      app up at {url} ({time.perf_counter() - t:.1f}s); POST {url}/recommend")
         body = {"user_id": user_id, "k": k}
+        # the first call into each fresh replica pays its imports (and, in a new venv, byte-compiling):
+        # a warm-up request first, so that the answer shown is a steady one
+        warm = requests.post(f"{url}/recommend", json=body, timeout=30)
+        if warm.ok and warm.json().get("degraded"):
+            print(f"      warm-up request: degraded {warm.json()['degraded']} (cold replicas)")
         response = requests.post(f"{url}/recommend", json=body, timeout=30)
         response.raise_for_status()
         answer = response.json()
