@@ -109,15 +109,16 @@ class PartsConfig(Strict):
             part, name = names[key]
             return getattr(getattr(self, part), name)
 
+    @classmethod
+    def has(cls, key: str) -> bool:
+        """Whether `key` is a top-level parameter or a part's field by its flat name."""
+        return key in cls.model_fields or key in cls.flat_names()
+
     def get(self, key: str) -> Any:
         """One parameter by its flat name or a top-level one."""
-        if key in type(self).model_fields:
-            return getattr(self, key)
-        names = type(self).flat_names()
-        if key not in names:
+        if not type(self).has(key):
             raise KeyError(f"{type(self).__name__} has no parameter named {key!r}")
-        part, name = names[key]
-        return getattr(getattr(self, part), name)
+        return getattr(self, key)  # a top-level field, or a part's through __getattr__
 
     def with_(self, **flat: Any) -> "PartsConfig":
         """A copy with some parameters changed, given flat or by part."""
@@ -178,18 +179,10 @@ class Configured:
     def __setattr__(self, key: str, value: Any) -> None:
         config = self.__dict__.get("config")
         descriptor = isinstance(getattr(type(self), key, None), property)
-        if config is not None and not descriptor and key not in self.__dict__ and _is_param(config, key):
+        if config is not None and not descriptor and key not in self.__dict__ and type(config).has(key):
             raise AttributeError(f"{key!r} is a parameter of {type(self).__name__}: change it with "
                                  f"configure({key}=...)")
         object.__setattr__(self, key, value)
-
-
-def _is_param(config: PartsConfig, key: str) -> bool:
-    try:
-        config.get(key)
-    except KeyError:
-        return False
-    return True
 
 
 def runtime_setting(key: str) -> property:
