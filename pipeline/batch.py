@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from pipeline.config import ConfigError
 from pipeline.core.artifacts import atomic_write_bytes
+from pipeline.core.raystart import start_or_join
 from pipeline.core.types import PAD, RequestBatch
 from pipeline.serving.runview import Histories
 
@@ -162,7 +163,7 @@ def _with_ray(run: str, who: Users, k: int, now: int, batch_size: int, actors: i
 
     if not ray.is_initialized():
         # one CPU per actor and one for Ray Data's own tasks (with none left over they never run)
-        ray.init(num_cpus=actors + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        start_or_join(None, num_cpus=actors + 1, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     table = pd.DataFrame({"position": np.arange(len(who.ids), dtype=np.int64), "user_id": who.ids, "dense": who.dense})
     blocks = [table.iloc[lo: lo + batch_size] for lo in range(0, len(table), batch_size)]
     ds = ray.data.from_pandas(blocks)

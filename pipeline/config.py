@@ -103,7 +103,7 @@ class TrainConfig(Strict):
 
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(2, ge=1, le=256)  # Ray Data actors and Ray Train workers (backend: ray)
-    address: str | None = None  # an existing Ray cluster (None: a local one sized to `workers`)
+    address: str | None = None  # an existing Ray cluster (None: $RAY_ADDRESS, else a new local one sized to `workers`)
     storage: str | None = None  # Ray Train checkpoints (None: a temporary folder; a cluster needs shared storage)
     # where the torch models (two-tower, COBRA, MTGR) train and infer, unless their params say:
     # auto (a GPU where torch sees one), cpu, cuda, cuda:N; None: their own default (cpu)

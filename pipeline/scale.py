@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ChannelConfig, TrainConfig
+from pipeline.core.raystart import start_or_join
 from rankers.training_data import RangeRunner, RankingData, collect_range
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,9 @@ def ensure_ray(cfg: TrainConfig, min_cpus: int = 0) -> None:
 
     if ray.is_initialized():
         return
-    if cfg.address:
-        ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    else:  # one CPU per actor and one for Ray Data's own tasks (with none left over they never run)
-        ray.init(num_cpus=max(cfg.workers + 1, min_cpus), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+    # locally: one CPU per actor and one for Ray Data's own tasks (with none left over they never run)
+    start_or_join(cfg.address, num_cpus=max(cfg.workers + 1, min_cpus), include_dashboard=False, log_to_driver=False,
+                  logging_level=logging.WARNING)
 
 
 def map_rows(table: pd.DataFrame, actor: type, workers: int, **init) -> pd.DataFrame:

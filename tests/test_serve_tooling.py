@@ -95,6 +95,7 @@ def test_serve_deploy_to_a_cluster_and_a_rolling_update_by_redeploying(runs):
     assert start.returncode == 0, start.stderr[-2000:]
     url, address = f"http://127.0.0.1:{http}", f"http://127.0.0.1:{dash}"
     try:
+        _a_job_without_an_address_starts_its_own_ray_beside_the_cluster(f"127.0.0.1:{gcs}", env)
         deploy = [str(BIN / "serve"), "deploy", "-a", address]
         out = subprocess.run([*deploy, str(_serve_config(root / "deploy-a.yaml", run_a, http))], env=env,
                              capture_output=True, text=True, timeout=180)
@@ -126,6 +127,35 @@ def test_serve_deploy_to_a_cluster_and_a_rolling_update_by_redeploying(runs):
     finally:
         subprocess.run([str(BIN / "serve"), "shutdown", "-y", "-a", address], env=env, capture_output=True, timeout=120)
         subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+PROBE = """
+import ray
+from pipeline.core.raystart import start_or_join
+from pipeline.serving.app import init_ray
+from pipeline.serving.config import parse_serve_config
+init_ray(parse_serve_config({"ray": {"num_cpus": 1, "object_store_mb": 100}}))
+print("local", ray.get_runtime_context().gcs_address)
+ray.shutdown()
+start_or_join("%s", num_cpus=1, object_store_memory=80 << 20, include_dashboard=False)
+print("joined", ray.get_runtime_context().gcs_address)
+ray.shutdown()
+import os
+os.environ["RAY_ADDRESS"] = "%s"
+start_or_join(None, num_cpus=1, object_store_memory=80 << 20)
+print("env", ray.get_runtime_context().gcs_address)
+"""
+
+
+def _a_job_without_an_address_starts_its_own_ray_beside_the_cluster(gcs: str, env: dict[str, str]) -> None:
+    """With a `ray start` cluster on the machine, plain `ray.init(num_cpus=...)` joins it and fails
+    ('num_cpus ... must not be provided'); ours starts its own, and joins only when told (an address, or
+    $RAY_ADDRESS)."""
+    env = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", PROBE % (gcs, gcs)], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = dict(line.split() for line in out.stdout.splitlines() if line.startswith(("local ", "joined ", "env ")))
+    assert seen["joined"] == seen["env"] == gcs and seen["local"] != gcs
 
 
 def test_builder_args_are_checked_with_a_message(runs):

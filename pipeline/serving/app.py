@@ -28,6 +28,7 @@ from ray import serve
 from ray.serve import Application
 
 from pipeline.config import ConfigError
+from pipeline.core.raystart import start_or_join
 from pipeline.resources import SERVING_CONFIG
 from pipeline.serving.config import DeploymentConfig, ServeConfig, load_serve_config
 from pipeline.serving.deployments import (
@@ -206,19 +207,16 @@ def init_ray_env(cfg: ServeConfig) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
-def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> None:
+def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> str | None:
+    """Join `ray.address` (or $RAY_ADDRESS), else start a local instance sized by `ray`; returns
+    the cluster address joined (None: a local instance, or Ray was already up in this process)."""
     init_ray_env(cfg)
     if not log_to_driver:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if ray.is_initialized():
-        return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
-        return
-    ray.init(
-        num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_mb << 20, include_dashboard=False,
-        log_to_driver=log_to_driver, logging_level=logging.WARNING,
-    )
+        return cfg.ray.address
+    return start_or_join(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_mb << 20,
+                         include_dashboard=False, log_to_driver=log_to_driver, logging_level=logging.WARNING)
 
 
 def direct_urls(cfg: ServeConfig, timeout_s: float = 60.0, replicas: int | None = None) -> list[str]:
@@ -280,8 +278,8 @@ def start(run_path: str | Path, cfg: ServeConfig, log_to_driver: bool = False) -
     view = check(run_path, cfg)
     app = build_app(run_path, cfg, view)
     started = not ray.is_initialized()
-    init_ray(cfg, log_to_driver)
-    if not cfg.ray.address:  # a cluster may add nodes; a local node never does
+    joined = init_ray(cfg, log_to_driver)
+    if not joined:  # a cluster may add nodes; a local node never does
         try:
             check_cpus(cpu_demand(cfg, view.channel_configs()), float(ray.cluster_resources().get("CPU", 0.0)))
         except ConfigError:

@@ -27,7 +27,7 @@ class HttpConfig(Strict):
 
 
 class RayConfig(Strict):
-    address: str | None = None  # None: start a local node; 'auto' or 'HOST:6379': join a cluster
+    address: str | None = None  # None: our own local node ($RAY_ADDRESS, if set, is joined); 'auto' or 'HOST:6379': join a cluster
     num_cpus: int | None = None  # local node only (None: every core)
     object_store_mb: int = Field(500, ge=100)
     app_name: str = "hybridrec"
