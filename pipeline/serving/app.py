@@ -209,7 +209,8 @@ def init_ray_env(cfg: ServeConfig) -> None:
 
 def init_ray(cfg: ServeConfig, log_to_driver: bool = False) -> str | None:
     """Join `ray.address` (or $RAY_ADDRESS), else start a local instance sized by `ray`; returns
-    the cluster address joined (None: a local instance, or Ray was already up in this process)."""
+    the cluster address joined (None: a local instance; the configured address when Ray was
+    already up in this process)."""
     init_ray_env(cfg)
     if not log_to_driver:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
