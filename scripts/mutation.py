@@ -3,6 +3,8 @@
     python scripts/mutation.py            # mutmut run (config: [tool.mutmut] in pyproject.toml), then report
     python scripts/mutation.py --report   # only the report, from the mutants/ folder of an earlier run
     python scripts/mutation.py --record   # also write speed:mutation_score_core to bench/results/summary.json
+    python scripts/mutation.py --only 'pipeline.serving.service*' --keep   # one module; the others keep
+                                          # their figures from the last report (bench/results/mutation.json)
 
 mutmut (pip install mutmut) copies the packages into mutants/, changes one operator, constant or
 call at a time in the modules listed under `only_mutate`, and runs the listed tests that reach the
@@ -65,6 +67,20 @@ def collect(mutants: Path) -> dict[str, Counter]:
     return out
 
 
+def keep_unreached(counts: dict[str, Counter], previous: Path) -> list[str]:
+    """Modules this run did not check at all take their counts from the previous report (a run
+    of some modules only); returns the modules kept."""
+    if not previous.exists():
+        return []
+    before = json.loads(previous.read_text())
+    kept = []
+    for module, c in counts.items():
+        if set(c) == {"not checked"} and module in before:
+            counts[module] = Counter({k: v for k, v in before[module].items() if k != "score"})
+            kept.append(module)
+    return kept
+
+
 def score(c: Counter) -> float | None:
     decided = c["killed"] + c["survived"]
     return c["killed"] / decided if decided else None
@@ -93,13 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="report an earlier run, do not run mutmut")
     ap.add_argument("--record", action="store_true", help="record the score in bench/results/summary.json")
     ap.add_argument("--label", default="mutmut run", help="a note for the report's title")
+    ap.add_argument("--only", nargs="+", metavar="PATTERN", help="mutant names to run (mutmut's globs, e.g. 'pipeline.pool*')")
+    ap.add_argument("--keep", action="store_true",
+                    help="modules this run did not check keep their figures from bench/results/mutation.json")
     args = ap.parse_args(argv)
     if not args.report:
-        subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=ROOT, check=False)
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *(args.only or [])], cwd=ROOT, check=False)
     counts = collect(ROOT / "mutants")
     if not counts:
         print("no mutants/ results: run without --report first", file=sys.stderr)
         return 1
+    if args.keep:
+        kept = keep_unreached(counts, RESULTS / "mutation.json")
+        print(f"kept from the last report: {', '.join(kept) or 'none'}")
     text, data = report(counts, args.label)
     (RESULTS / "mutation.md").write_text(text)
     (RESULTS / "mutation.json").write_text(json.dumps(data, indent=1) + "\n")

@@ -363,3 +363,197 @@ def test_channel_groups_are_checked_and_drop_names_the_run_does_not_serve():
         parse_serve_config({"channel_groups": {"g1": {"channels": ["a", "b"]}, "g2": {"channels": ["b"]}}})
     cfg = parse_serve_config({"channel_groups": {"cheap": {"channels": ["popularity", "i2i_long"]}, "none": {"channels": ["x"]}}})
     assert cfg.groups_of(("popularity", "item2item")) == {"cheap": ["popularity"]}
+
+
+# --- the live endpoints (POST /items, /events, DELETE|PUT /items/{id}, /feedback) on the local store
+
+
+def _live(run_dir, tmp_path, **history):
+    """A service whose local history store lives in this test's folder (the default folder is the
+    shared run's)."""
+    return _service(run_dir, tmp_path, history={"dir": str(tmp_path / "store"), **history})
+
+
+def _count(client, line: str) -> float:
+    """A sample of GET /metrics by its name and labels (0 when absent)."""
+    for row in client.get("/metrics").text.splitlines():
+        if row.startswith(line + " "):
+            return float(row.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _down(*_a, **_k):
+    raise ConnectionError("store unreachable")
+
+
+def test_posted_items_name_what_is_new_and_what_is_known(run_dir, tmp_path):
+    service, backends, client, view = _live(run_dir, tmp_path)
+    known = str(view.dataset.item_ids[2])
+    body = {"items": [{"item_id": "fresh-1", "title": "a"}, {"item_id": known}, {"item_id": "fresh-1", "title": "b"}]}
+    first = client.post("/items", json=body)
+    assert first.status_code == 202
+    assert first.json() == {"accepted": 3, "added": ["fresh-1"], "updated": [known], "version": 3}
+    assert service.state.maps.item_index["fresh-1"] == len(view.dataset.item_ids)  # served from the next request
+    assert [r["item_id"] for r in service.state.live_records] == ["fresh-1", known, "fresh-1"]
+    again = client.post("/items", json={"items": [{"item_id": "fresh-1"}]}).json()
+    assert again == {"accepted": 1, "added": [], "updated": ["fresh-1"], "version": 4}
+    assert _count(client, "hybridrec_live_items_total") == 4.0
+    assert client.post("/recommend", json={"k": 5}).json()["degraded"] == []
+    backends.close()
+
+
+def test_posting_a_removed_item_makes_it_available_again(run_dir, tmp_path):
+    service, backends, client, view = _live(run_dir, tmp_path, catalog_ttl_s=60)
+    top = client.post("/recommend", json={"k": 5}).json()["items"][0]["item_id"]  # caches the (empty) removed set
+    assert client.delete(f"/items/{top}").json() == {"item_id": top, "available": False}
+    assert backends.store.unavailable() == {top}
+    assert top not in [i["item_id"] for i in client.post("/recommend", json={"k": 5}).json()["items"]]  # the cache was dropped
+    assert client.post("/items", json={"items": [{"item_id": top}]}).json()["updated"] == [top]
+    assert backends.store.unavailable() == set()
+    assert client.post("/recommend", json={"k": 5}).json()["items"][0]["item_id"] == top
+    assert client.put(f"/items/{top}/available").json() == {"item_id": top, "available": True}
+    backends.close()
+
+
+def test_a_store_that_refuses_items_answers_a_retryable_503_and_changes_nothing(run_dir, tmp_path):
+    service, backends, client, _ = _live(run_dir, tmp_path)
+    backends.add_items = _down
+    r = client.post("/items", json={"items": [{"item_id": "fresh-2"}]})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "retry later" in r.json()["error"]
+    assert "fresh-2" not in service.state.maps.item_index and backends.store.items(0) == []
+    assert _count(client, "hybridrec_live_items_total") == 0.0
+    backends.close()
+
+
+def test_a_full_live_catalog_answers_409_before_storing(run_dir, tmp_path):
+    _, backends, client, _ = _live(run_dir, tmp_path, max_live_items=3)
+    assert client.post("/items", json={"items": [{"item_id": "a"}, {"item_id": "b"}]}).status_code == 202
+    assert client.post("/items", json={"items": [{"item_id": "c"}]}).json()["version"] == 3  # exactly full is fine
+    full = client.post("/items", json={"items": [{"item_id": "d"}]})
+    assert full.status_code == 409
+    assert full.json()["error"].startswith("the live catalog holds 3 records and takes at most 3 (history.max_live_items)")
+    assert len(backends.store.items(0)) == 3
+    backends.close()
+
+
+def test_events_count_their_outcomes_and_default_to_the_time_received(run_dir, tmp_path):
+    service, backends, client, view = _live(run_dir, tmp_path)
+    user, item = str(view.dataset.user_ids[1]), str(view.dataset.item_ids[4])
+    t0 = int(time.time())
+    body = {"events": [{"user_id": user, "item_id": item}, {"user_id": user, "item_id": "ghost", "event_id": "e1"},
+                       {"user_id": user, "item_id": "ghost", "event_id": "e2", "value": 3}]}
+    first = client.post("/events", json=body)
+    assert first.status_code == 202 and first.json() == {"accepted": 3, "duplicates": 0, "unknown_items": ["ghost"]}
+    stored = backends.store.recent(user, 10)
+    assert [i for _, i in stored] == [item, "ghost", "ghost"] and t0 <= stored[0][0] <= int(time.time())
+    again = client.post("/events", json={"events": [{"user_id": user, "item_id": "ghost", "event_id": "e1"}]}).json()
+    assert again == {"accepted": 0, "duplicates": 1, "unknown_items": ["ghost"]}
+    assert [_count(client, f'hybridrec_events_total{{outcome="{o}"}}') for o in ("accepted", "duplicate", "unknown_item")] == [3, 1, 3]
+    backends.close()
+
+
+def test_a_store_that_refuses_events_answers_503_and_counts_them(run_dir, tmp_path):
+    service, backends, client, view = _live(run_dir, tmp_path)
+    backends.add_events = _down
+    events = [{"user_id": "u", "item_id": str(view.dataset.item_ids[0])}, {"user_id": "u", "item_id": "x"}]
+    r = client.post("/events", json={"events": events})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.json()["error"] == "the history store is unavailable; nothing was stored, retry later"
+    assert _count(client, 'hybridrec_events_total{outcome="refused"}') == 2.0
+    assert _count(client, 'hybridrec_events_total{outcome="accepted"}') == 0.0
+    backends.close()
+
+
+def test_availability_changes_need_a_served_item_and_a_working_store(run_dir, tmp_path):
+    service, backends, client, view = _live(run_dir, tmp_path)
+    item = str(view.dataset.item_ids[7])
+    missing = client.put("/items/nope/available")
+    assert missing.status_code == 404 and missing.json()["error"] == "item 'nope' is not in the served catalog"
+    backends.set_available = _down
+    r = client.delete(f"/items/{item}")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "nothing was changed" in r.json()["error"]
+    assert backends.store.unavailable() == set()
+    backends.close()
+
+
+def test_without_a_history_store_the_live_endpoints_answer_404(run_dir, tmp_path):
+    service, _, client, view = _service(run_dir, tmp_path, history={"backend": "off"})
+    item = str(view.dataset.item_ids[0])
+    for r in (client.post("/items", json={"items": [{"item_id": "z"}]}),
+              client.post("/events", json={"events": [{"user_id": "u", "item_id": item}]}),
+              client.delete(f"/items/{item}"), client.put(f"/items/{item}/available")):
+        assert r.status_code == 404 and "history.backend: off" in r.json()["error"]
+    assert client.post("/recommend", json={"user_id": "u", "k": 3}).json()["degraded"] == []
+    service.state.served_log.close()
+
+
+def test_the_removed_set_is_reread_after_its_ttl_and_kept_when_the_store_fails(run_dir, tmp_path):
+    top_of = lambda c: [i["item_id"] for i in c.post("/recommend", json={"k": 5}).json()["items"]]  # noqa: E731
+    service, backends, client, _ = _live(run_dir, tmp_path, catalog_ttl_s=60)
+    top = top_of(client)[0]
+    backends.store.set_available([top], False)  # behind the service's back: its cached set still holds
+    assert top_of(client)[0] == top
+    backends.close()
+    service, backends, client, _ = _live(run_dir, tmp_path / "b", catalog_ttl_s=0)
+    assert top_of(client)[0] == top
+    backends.store.set_available([top], False)
+    assert top not in top_of(client)
+    backends.unavailable = _down  # a failing store keeps the last set read
+    assert top not in top_of(client)
+    backends.close()
+
+
+def test_live_records_are_read_after_their_ttl_and_a_failing_read_keeps_them(run_dir, tmp_path):
+    service, backends, client, _ = _live(run_dir, tmp_path, catalog_ttl_s=60)
+    client.post("/recommend", json={"k": 3})
+    backends.store.add_items([{"item_id": "side-door", "title": "", "categories": "", "category": "", "brand": "",
+                               "price": None, "created_at": 1}])
+    client.post("/recommend", json={"k": 3})
+    assert service.state.live_records == []  # read at most once a minute here
+    service.state.live_checked = 0.0
+    client.post("/recommend", json={"k": 3})
+    assert [r["item_id"] for r in service.state.live_records] == ["side-door"]
+    service.state.live_checked = 0.0
+    backends.live_items = _down
+    assert client.post("/recommend", json={"k": 3}).status_code == 200
+    assert [r["item_id"] for r in service.state.live_records] == ["side-door"] and "side-door" in service.state.maps.item_index
+    backends.close()
+
+
+def test_a_failing_or_slow_history_store_degrades_the_request_with_its_reason(run_dir, tmp_path):
+    service, backends, client, view = _live(run_dir, tmp_path, budget_ms=30)
+    user = str(view.dataset.user_ids[3])
+    backends.history = _down
+    down = client.post("/recommend", json={"user_id": user, "k": 4}).json()
+    assert down["degraded"] == ["history_store"] and len(down["items"]) == 4
+
+    async def slow(user_id, limit):
+        await asyncio.sleep(0.5)
+        return []
+
+    backends.history = slow
+    assert client.post("/recommend", json={"user_id": user, "k": 4}).json()["degraded"] == ["history_store"]
+    assert _count(client, 'hybridrec_degraded_total{component="history_store",reason="error"}') == 1.0
+    assert _count(client, 'hybridrec_degraded_total{component="history_store",reason="timeout"}') == 1.0
+    backends.close()
+
+
+def test_feedback_with_a_user_joins_their_history_and_is_logged_when_the_store_is_down(run_dir, tmp_path):
+    service, backends, client, view = _live(run_dir, tmp_path)
+    item = str(view.dataset.item_ids[5])
+    ok = client.post("/feedback", json={"request_id": "r1", "item_id": item, "user_id": "fan", "event": "click"})
+    assert ok.status_code == 202 and ok.json() == {"accepted": True}
+    assert [i for _, i in backends.store.recent("fan", 5)] == [item]
+    repeat = client.post("/feedback", json={"request_id": "r1", "item_id": item, "user_id": "fan", "event": "click"})
+    assert repeat.json() == {"accepted": True} and len(backends.store.recent("fan", 5)) == 1  # one id per click
+    backends.add_events = _down
+    logged = client.post("/feedback", json={"request_id": "r2", "item_id": item, "user_id": "fan"})
+    assert logged.status_code == 202 and logged.json() == {"accepted": True}
+    assert client.post("/feedback", json={"request_id": "r3", "item_id": item}).json() == {"accepted": True}  # no user: log only
+    service.state.feedback_log.close()
+    assert [r["request_id"] for r in read_events(tmp_path / "logs", "feedback")] == ["r1", "r1", "r2", "r3"]
+    assert _count(client, 'hybridrec_events_total{outcome="refused"}') == 1.0
+    service.state.feedback_log = None
+    assert client.post("/feedback", json={"request_id": "r4", "item_id": item}).json() == {"accepted": False}
+    service.state.served_log.close()
+    backends.close()

@@ -166,12 +166,13 @@ class RecommendService:
         except UnknownArm as err:
             raise BadRequest(422, str(err)) from None
         await self._catalog(state)  # first: the unavailable ids may name live items
-        (recent, store_down), exclude = await asyncio.gather(self._recent(req.user_id, state), self._excluded(state))
+        (recent, store_failed), exclude = await asyncio.gather(self._recent(req.user_id, state), self._excluded(state))
         res = resolve(req, state, recent=recent, exclude=exclude)
         t1 = time.perf_counter()
         out = await self.run(state, plan, res.batch, req.k)
-        if store_down:
+        if store_failed:  # counted below with the stages, once
             out.degraded.insert(0, "history_store")
+            out.reasons["history_store"] = store_failed
         fallback = bool(out.fallback[0]) if out.fallback is not None else False
         if fallback:
             self.metrics.fallback.inc()
@@ -198,18 +199,17 @@ class RecommendService:
                 return n
         return max_rounds
 
-    async def _recent(self, user_id: str | None, state: IngressState) -> tuple[list[tuple[int, str]], bool]:
-        """(the user's stored events, whether the store failed): a store that is down or slow
-        leaves the trained history, flagged."""
+    async def _recent(self, user_id: str | None, state: IngressState) -> tuple[list[tuple[int, str]], str | None]:
+        """(the user's stored events, why the store failed: 'timeout', 'error' or None): a store
+        that is down or slow leaves the trained history, flagged."""
         if user_id is None or self.cfg.history.backend == "off":
-            return [], False
+            return [], None
         try:
             call = self.backends.history(user_id, state.max_history)
-            return list(await asyncio.wait_for(call, self.cfg.history.budget_ms / 1e3)), False
+            return list(await asyncio.wait_for(call, self.cfg.history.budget_ms / 1e3)), None
         except Exception as err:  # outage or timeout: degrade, never fail the request
             log.warning("history store unavailable for a request: %s: %s", type(err).__name__, err)
-            self.metrics.degraded.labels("history_store", "timeout" if isinstance(err, asyncio.TimeoutError) else "error").inc()
-            return [], True
+            return [], "timeout" if isinstance(err, asyncio.TimeoutError) else "error"
 
     async def _excluded(self, state: IngressState) -> np.ndarray | None:
         """Dense ids of the items taken out of the catalog, reread at most every catalog_ttl_s (a
